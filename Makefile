@@ -1,0 +1,71 @@
+# tccd — developer entry points. `make` (or `make help`) lists them.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+SERVICES := scripts/services.sh
+TCCD := ./target/release/tccd
+# Arguments after `cargo test`; e.g. make test TEST_ARGS='--features failpoints --test crash'
+TEST_ARGS ?= --features failpoints --all-targets -- --test-threads=4
+# Store for `make demo`: sqlite (files under target/demo/) or postgres.
+DB ?= sqlite
+
+ifneq ($(filter demo,$(MAKECMDGOALS)),)
+ifeq ($(filter $(DB),sqlite postgres),)
+$(error DB must be sqlite or postgres, not '$(DB)')
+endif
+endif
+
+# Runs on exit (success, failure, Ctrl-C) of a recipe that started services.
+STOP_ON_EXIT = trap 'exit 130' INT; trap 'exit 143' TERM; trap '$(SERVICES) stop $(1)' EXIT
+
+.PHONY: help packages build test lint demo run bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -F':.*## ' '{ printf "  make %-9s %s\n", $$1, $$2 }'
+	@echo "  variables: DB=sqlite|postgres (demo), TEST_ARGS='...' (test)"
+
+packages: ## install or name the missing system packages (redis, postgresql, libpq/sqlite/ssl dev)
+	@$(SERVICES) ensure-packages
+
+build: ## cargo build --release
+	cargo build --release
+
+test: packages ## run every test against Postgres and Redis (shared ones if up, else private)
+	@$(call STOP_ON_EXIT,postgres redis); \
+	pg=$$($(SERVICES) ensure-postgres); \
+	redis=$$($(SERVICES) ensure-redis); \
+	export TCCD_TEST_PG_URL="$$pg" TCCD_TEST_REDIS_URL="$$redis"; \
+	echo "make test: Postgres $$pg, Redis $$redis"; \
+	cargo test $(TEST_ARGS)
+
+lint: ## cargo fmt --check and clippy with -D warnings
+	cargo fmt --check
+	cargo clippy --all-targets --features failpoints -- -D warnings
+
+demo: packages build ## run the demo scenario (DB=sqlite|postgres) on a private Redis
+	@rm -rf target/demo; mkdir -p target/demo
+	@$(call STOP_ON_EXIT,private-redis $(if $(filter postgres,$(DB)),postgres)); \
+	redis=$$($(SERVICES) private-redis); \
+	export TCCD_DEMO_REDIS_URL="$$redis" TCCD_DEMO_DIR="$(CURDIR)/target/demo"; \
+	if [ "$(DB)" = postgres ]; then \
+		pg=$$($(SERVICES) ensure-postgres); export TCCD_DEMO_PG_URL="$$pg"; \
+	fi; \
+	$(TCCD) demo
+
+run: ## run the coordinator (cargo run --release -- coordinator)
+	cargo run --release -- coordinator
+
+bench: packages build ## run the benchmark against Postgres and Redis
+	@$(call STOP_ON_EXIT,postgres redis); \
+	pg=$$($(SERVICES) ensure-postgres); \
+	redis=$$($(SERVICES) ensure-redis); \
+	export TCCD_BENCH_PG_URL="$$pg" TCCD_BENCH_REDIS_URL="$$redis"; \
+	echo "make bench: Postgres $$pg, Redis $$redis"; \
+	$(TCCD) bench
+
+clean: ## stop private services, cargo clean, remove target/demo
+	$(SERVICES) stop
+	cargo clean
+	rm -rf target/demo

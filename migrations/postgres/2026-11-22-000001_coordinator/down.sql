@@ -1,0 +1,3 @@
+DROP TABLE branches;
+DROP TABLE transactions;
+DROP TABLE resources;

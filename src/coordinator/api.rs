@@ -1,0 +1,578 @@
+//! The coordinator's HTTP API (API.md §1): parse and validate at the edge, then call the store
+//! and the engine.
+
+use std::sync::Arc;
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::driver::Engine;
+use super::model::{CallOutcome, Op, TxStatus};
+use super::store::{
+    self, Begin, Decide, Decision, DeleteResource, NewBranch, PrepareBranch, ResourceRow, TxRow,
+};
+use super::view;
+use crate::db::Pool;
+use crate::failpoints::crash_point;
+use crate::http::error::ErrorCode;
+use crate::http::{ApiError, JsonBody};
+use crate::time::now_ms;
+use crate::validate;
+
+pub const MAX_METADATA_BYTES: usize = 4 * 1024;
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+pub const MAX_REASON_CHARS: usize = 1024;
+
+pub struct AppState {
+    pub pool: Pool,
+    pub engine: Arc<Engine>,
+    pub default_timeout_ms: i64,
+}
+
+type Data = web::Data<AppState>;
+type Answer = Result<HttpResponse, ApiError>;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/resources", web::get().to(list_resources))
+        .route("/v1/resources/{name}", web::put().to(put_resource))
+        .route("/v1/resources/{name}", web::get().to(get_resource))
+        .route("/v1/resources/{name}", web::delete().to(delete_resource))
+        .route("/v1/transactions", web::post().to(begin))
+        .route("/v1/transactions", web::get().to(list_transactions))
+        .route("/v1/transactions/{gid}", web::get().to(get_transaction))
+        .route(
+            "/v1/transactions/{gid}/branches",
+            web::post().to(add_branch),
+        )
+        .route("/v1/transactions/{gid}/commit", web::post().to(commit))
+        .route("/v1/transactions/{gid}/abort", web::post().to(abort));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resources
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    try_url: String,
+    confirm_url: String,
+    cancel_url: String,
+}
+
+async fn put_resource(
+    data: Data,
+    name: web::Path<String>,
+    JsonBody(body): JsonBody<RegisterBody>,
+) -> Answer {
+    let name = name.into_inner();
+    validate::resource_name("name", &name)?;
+    validate::http_url("try_url", &body.try_url)?;
+    validate::http_url("confirm_url", &body.confirm_url)?;
+    validate::http_url("cancel_url", &body.cancel_url)?;
+    let now = now_ms();
+    let row = ResourceRow {
+        name,
+        try_url: body.try_url,
+        confirm_url: body.confirm_url,
+        cancel_url: body.cancel_url,
+        created_at: now,
+        updated_at: now,
+    };
+    let (row, created) = data
+        .pool
+        .run(move |p| store::upsert_resource(p, row))
+        .await?;
+    log::info!("resource {} registered (try {})", row.name, row.try_url);
+    let mut answer = if created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(answer.json(view::resource(&row)))
+}
+
+async fn list_resources(data: Data) -> Answer {
+    let rows = data.pool.run(store::list_resources).await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({"resources": rows.iter().map(view::resource).collect::<Vec<_>>()})))
+}
+
+async fn get_resource(data: Data, name: web::Path<String>) -> Answer {
+    let name = name.into_inner();
+    validate::resource_name("name", &name)?;
+    let n = name.clone();
+    match data.pool.run(move |p| store::get_resource(p, &n)).await? {
+        Some(r) => Ok(HttpResponse::Ok().json(view::resource(&r))),
+        None => Err(ApiError::not_found(format!(
+            "No resource named {name} is registered."
+        ))),
+    }
+}
+
+async fn delete_resource(data: Data, name: web::Path<String>) -> Answer {
+    let name = name.into_inner();
+    validate::resource_name("name", &name)?;
+    let n = name.clone();
+    match data
+        .pool
+        .run(move |p| store::delete_resource(p, &n))
+        .await?
+    {
+        DeleteResource::Deleted => {
+            log::info!("resource {name} deleted");
+            Ok(HttpResponse::NoContent().finish())
+        }
+        DeleteResource::NotFound => Err(ApiError::not_found(format!(
+            "No resource named {name} is registered."
+        ))),
+        DeleteResource::InUse(gid) => Err(ApiError::conflict(format!(
+            "Resource {name} has a branch in transaction {gid}, which is not final."
+        ))
+        .with("gid", gid)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactions
+
+#[derive(Deserialize)]
+struct BeginBody {
+    gid: Option<String>,
+    timeout_ms: Option<i64>,
+    metadata: Option<Value>,
+}
+
+async fn begin(data: Data, JsonBody(body): JsonBody<BeginBody>) -> Answer {
+    if let Some(gid) = &body.gid {
+        validate::id("gid", gid)?;
+    }
+    let timeout_ms = body.timeout_ms.unwrap_or(data.default_timeout_ms);
+    validate::range("timeout_ms", timeout_ms, 100, 86_400_000)?;
+    let metadata = match body.metadata {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(m @ Value::Object(_)) => m,
+        Some(_) => return Err(ApiError::invalid("Field `metadata` must be a JSON object.")),
+    };
+    let metadata = metadata.to_string();
+    if metadata.len() > MAX_METADATA_BYTES {
+        return Err(ApiError::invalid(format!(
+            "Field `metadata` must be at most {MAX_METADATA_BYTES} bytes of JSON."
+        )));
+    }
+    let now = now_ms();
+    let gid = body.gid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let row = TxRow {
+        gid: gid.clone(),
+        status: TxStatus::Trying.as_str().into(),
+        created_at: now,
+        updated_at: now,
+        expires_at: now + timeout_ms,
+        finished_at: None,
+        reason: None,
+        metadata,
+        attempts: 0,
+        next_retry_at: None,
+        last_error: None,
+        due_at: now + timeout_ms,
+        lease_owner: None,
+        branch_seq: 0,
+    };
+    match data.pool.run(move |p| store::begin(p, row)).await? {
+        Begin::Created(tx) => {
+            data.engine.metrics.transition(None, TxStatus::Trying);
+            log::info!("gid={gid} begun (timeout {timeout_ms} ms)");
+            Ok(HttpResponse::Created().json(view::transaction(&tx, &[])))
+        }
+        Begin::Existing(tx) if tx.status() == TxStatus::Trying => {
+            let g = gid.clone();
+            let (tx, branches) = data
+                .pool
+                .run(move |p| store::get_tx(p, &g))
+                .await?
+                .unwrap_or((tx, Vec::new()));
+            Ok(HttpResponse::Ok().json(view::transaction(&tx, &branches)))
+        }
+        Begin::Existing(tx) => Err(conflict_status(
+            format!("Transaction {gid} already exists and is {}.", tx.status),
+            tx.status(),
+        )),
+    }
+}
+
+async fn get_transaction(data: Data, gid: web::Path<String>) -> Answer {
+    let gid = gid.into_inner();
+    validate::id("gid", &gid)?;
+    let (tx, branches) = load(&data, &gid).await?;
+    Ok(HttpResponse::Ok().json(view::transaction(&tx, &branches)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+async fn list_transactions(data: Data, q: web::Query<ListQuery>) -> Answer {
+    let q = q.into_inner();
+    let status = match &q.status {
+        None => None,
+        Some(s) => Some(TxStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "Field `status` must be one of trying, committing, committed, aborting, aborted.",
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100);
+    validate::range("limit", limit, 1, 1000)?;
+    if let Some(after) = &q.after {
+        validate::id("after", after)?;
+    }
+    let after = q.after.clone();
+    let page = data
+        .pool
+        .run(move |p| store::list_txs(p, status, limit + 1, after.as_deref()))
+        .await?
+        .ok_or_else(|| ApiError::invalid("Field `after` names no transaction."))?;
+    let more = page.len() as i64 > limit;
+    let page = &page[..page.len().min(limit as usize)];
+    let next = if more {
+        page.last().map(|(t, _)| t.gid.clone())
+    } else {
+        None
+    };
+    let items: Vec<Value> = page.iter().map(|(t, b)| view::transaction(t, b)).collect();
+    Ok(HttpResponse::Ok().json(json!({"transactions": items, "next": next})))
+}
+
+#[derive(Deserialize)]
+struct BranchBody {
+    resource: String,
+    #[serde(default)]
+    payload: Value,
+    branch_id: Option<String>,
+}
+
+async fn add_branch(
+    data: Data,
+    gid: web::Path<String>,
+    JsonBody(body): JsonBody<BranchBody>,
+) -> Answer {
+    let gid = gid.into_inner();
+    validate::id("gid", &gid)?;
+    validate::resource_name("resource", &body.resource)?;
+    if let Some(id) = &body.branch_id {
+        validate::id("branch_id", id)?;
+    }
+    let payload = body.payload.to_string();
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(ApiError::invalid(format!(
+            "Field `payload` must be at most {MAX_PAYLOAD_BYTES} bytes of JSON."
+        )));
+    }
+    let new = NewBranch {
+        gid: gid.clone(),
+        branch_id: body.branch_id,
+        resource: body.resource.clone(),
+        payload,
+        now: now_ms(),
+    };
+    let (branch, resource) = match data
+        .pool
+        .run(move |p| store::prepare_branch(p, new))
+        .await?
+    {
+        PrepareBranch::New(b, r) => (b, r),
+        PrepareBranch::NotFound => return Err(no_tx(&gid)),
+        PrepareBranch::NotTrying(s) => {
+            return Err(conflict_status(
+                format!("Transaction {gid} is {s}; branches can only join while it is trying."),
+                s,
+            ));
+        }
+        PrepareBranch::Expired => {
+            let s = data
+                .engine
+                .abort(&gid, "timed out")
+                .await?
+                .unwrap_or(TxStatus::Aborting);
+            return Err(conflict_status(
+                format!("Transaction {gid} has expired and is aborted."),
+                s,
+            ));
+        }
+        PrepareBranch::UnknownResource => {
+            return Err(ApiError::invalid(format!(
+                "Field `resource`: no resource named {} is registered.",
+                body.resource
+            )));
+        }
+        PrepareBranch::Mismatch => {
+            return Err(ApiError::conflict(
+                "This branch_id was already used with another resource or payload.".to_string(),
+            ));
+        }
+        PrepareBranch::Existing(b) => return stored_outcome(&data, b).await,
+    };
+    log::info!(
+        "gid={gid} branch={} stored, sending Try to {}",
+        branch.branch_id,
+        resource.name
+    );
+    crash_point("coord_after_branch_stored");
+
+    let res = data
+        .engine
+        .invoker
+        .call(
+            &resource.try_url,
+            Op::Try,
+            &gid,
+            &branch.branch_id,
+            &branch.payload,
+        )
+        .await;
+    data.engine.metrics.call(Op::Try, res.outcome);
+    crash_point("coord_after_try");
+    let (g, id, outcome, error) = (
+        gid.clone(),
+        branch.branch_id.clone(),
+        res.outcome,
+        res.error.clone(),
+    );
+    let response = res.body.as_ref().map(Value::to_string);
+    data.pool
+        .run(move |p| store::record_try(p, &g, &id, outcome, response, error, now_ms()))
+        .await?;
+    match res.outcome {
+        CallOutcome::Done => {
+            log::info!("gid={gid} branch={} tried", branch.branch_id);
+            Ok(HttpResponse::Ok().json(json!({
+                "gid": gid, "branch_id": branch.branch_id, "resource": branch.resource,
+                "status": "tried", "response": res.body,
+            })))
+        }
+        failed => {
+            let why = res.error.unwrap_or_default();
+            log::warn!(
+                "gid={gid} branch={} Try {}: {why}",
+                branch.branch_id,
+                failed.as_str()
+            );
+            let status = data
+                .engine
+                .abort(
+                    &gid,
+                    &format!("Try of branch {} {}", branch.branch_id, failed.as_str()),
+                )
+                .await?
+                .unwrap_or(TxStatus::Aborting);
+            Err(try_failure(
+                failed,
+                &gid,
+                &branch.branch_id,
+                status,
+                res.body,
+                &why,
+            ))
+        }
+    }
+}
+
+/// The answer to a repeated branch: what the first call got, without a second Try.
+async fn stored_outcome(data: &Data, b: store::BranchRow) -> Answer {
+    let outcome = b.try_outcome.as_deref().and_then(CallOutcome::parse);
+    match outcome {
+        Some(CallOutcome::Done) => Ok(HttpResponse::Ok().json(view::tried_branch(&b))),
+        Some(failed) => {
+            let (tx, _) = load(data, &b.gid).await?;
+            let response = b
+                .response
+                .as_deref()
+                .and_then(|r| serde_json::from_str(r).ok());
+            let why = b.last_error.clone().unwrap_or_default();
+            Err(try_failure(
+                failed,
+                &b.gid,
+                &b.branch_id,
+                tx.status(),
+                response,
+                &why,
+            ))
+        }
+        None => Err(ApiError::conflict(format!(
+            "The Try of branch {} is still in progress.",
+            b.branch_id
+        ))),
+    }
+}
+
+fn try_failure(
+    outcome: CallOutcome,
+    gid: &str,
+    branch_id: &str,
+    status: TxStatus,
+    response: Option<Value>,
+    why: &str,
+) -> ApiError {
+    let err = if outcome == CallOutcome::Refused {
+        ApiError::new(
+            ErrorCode::TryFailed,
+            format!(
+                "The resource refused the Try of branch {branch_id}; the transaction is aborted."
+            ),
+        )
+        .with("resource_response", response.unwrap_or(Value::Null))
+    } else {
+        ApiError::new(
+            ErrorCode::ResourceUnavailable,
+            format!(
+                "The Try of branch {branch_id} did not complete ({why}); the transaction is aborted."
+            ),
+        )
+    };
+    err.with("gid", gid)
+        .with("branch_id", branch_id)
+        .with("status", status.as_str())
+}
+
+#[derive(Deserialize)]
+struct CommitQuery {
+    wait: Option<bool>,
+}
+
+async fn commit(data: Data, gid: web::Path<String>, q: web::Query<CommitQuery>) -> Answer {
+    let gid = gid.into_inner();
+    validate::id("gid", &gid)?;
+    let wait = q.wait.unwrap_or(true);
+    let engine = data.engine.clone();
+    let (g, owner, lease_ms) = (gid.clone(), engine.cfg.owner.clone(), engine.cfg.lease_ms);
+    let decided = data
+        .pool
+        .run(move |p| {
+            store::decide(
+                p,
+                Decision {
+                    gid: &g,
+                    to: TxStatus::Committing,
+                    reason: None,
+                    owner: &owner,
+                    lease_ms,
+                    now: now_ms(),
+                },
+            )
+        })
+        .await?;
+    match decided {
+        Decide::NotFound => Err(no_tx(&gid)),
+        Decide::BranchOpen(why) => Err(conflict_status(
+            format!("Cannot commit yet: {why}."),
+            TxStatus::Trying,
+        )),
+        Decide::Unchanged(s @ (TxStatus::Committing | TxStatus::Committed)) => {
+            log::debug!("gid={gid} commit repeated while {s}");
+            current(&data, &gid).await
+        }
+        Decide::Unchanged(s) => Err(conflict_status(
+            format!("Transaction {gid} is {s} and cannot commit."),
+            s,
+        )),
+        Decide::Expired(_) => {
+            engine
+                .metrics
+                .transition(Some(TxStatus::Trying), TxStatus::Aborting);
+            log::info!("gid={gid} trying -> aborting (commit after expiry)");
+            let s = engine.drive(&gid).await?.unwrap_or(TxStatus::Aborting);
+            Err(conflict_status(
+                format!("Transaction {gid} expired before the commit and is aborted."),
+                s,
+            ))
+        }
+        Decide::Decided(_) => {
+            engine
+                .metrics
+                .transition(Some(TxStatus::Trying), TxStatus::Committing);
+            log::info!("gid={gid} trying -> committing");
+            crash_point("coord_after_decision");
+            if wait {
+                engine.drive(&gid).await?;
+            } else {
+                let g = gid.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = engine.drive(&g).await {
+                        log::warn!("gid={g} background commit: {e}; recovery will retry");
+                    }
+                });
+            }
+            current(&data, &gid).await
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AbortBody {
+    reason: Option<String>,
+}
+
+async fn abort(data: Data, gid: web::Path<String>, JsonBody(body): JsonBody<AbortBody>) -> Answer {
+    let gid = gid.into_inner();
+    validate::id("gid", &gid)?;
+    if body
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+    {
+        return Err(ApiError::invalid(format!(
+            "Field `reason` must be at most {MAX_REASON_CHARS} characters."
+        )));
+    }
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "aborted by the client".into());
+    match data.engine.abort(&gid, &reason).await? {
+        None => Err(no_tx(&gid)),
+        Some(s @ (TxStatus::Committing | TxStatus::Committed)) => Err(conflict_status(
+            format!("Transaction {gid} is {s} and cannot abort."),
+            s,
+        )),
+        Some(_) => current(&data, &gid).await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn load(data: &Data, gid: &str) -> Result<(TxRow, Vec<store::BranchRow>), ApiError> {
+    let g = gid.to_string();
+    data.pool
+        .run(move |p| store::get_tx(p, &g))
+        .await?
+        .ok_or_else(|| no_tx(gid))
+}
+
+/// The transaction as it is now: 200 when final, 202 while phase two goes on.
+async fn current(data: &Data, gid: &str) -> Answer {
+    let (tx, branches) = load(data, gid).await?;
+    let mut answer = if tx.status().is_final() {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::Accepted()
+    };
+    Ok(answer.json(view::transaction(&tx, &branches)))
+}
+
+fn no_tx(gid: &str) -> ApiError {
+    ApiError::not_found(format!("No transaction with gid {gid}."))
+}
+
+fn conflict_status(message: String, status: TxStatus) -> ApiError {
+    ApiError::conflict(message).with("status", status.as_str())
+}
+
+pub async fn readyz(data: Data) -> Answer {
+    data.pool.run(|p| p.ping()).await?;
+    Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": data.pool.backend_name()})))
+}
+
+pub async fn metrics(data: Data) -> HttpResponse {
+    crate::http::server::metrics_response(&data.engine.metrics.registry)
+}

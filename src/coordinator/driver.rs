@@ -1,0 +1,189 @@
+//! Phase two: Confirm or Cancel every branch of a decided transaction, in parallel, by whoever
+//! holds its lease — the request handler that made the decision or the recovery worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use super::invoker::Invoker;
+use super::metrics::Metrics;
+use super::model::{CallOutcome, TxStatus, backoff_ms};
+use super::store::{self, Decide, Decision, DriveResult, Finish};
+use crate::db::{Pool, StoreError};
+use crate::failpoints::crash_point;
+use crate::time::now_ms;
+
+pub struct EngineConfig {
+    /// This process's lease identity.
+    pub owner: String,
+    pub lease_ms: i64,
+    pub retry_base_ms: u64,
+    pub retry_cap_ms: u64,
+    pub stuck_after_attempts: i64,
+    pub alert_webhook: Option<String>,
+}
+
+pub struct Engine {
+    pub pool: Pool,
+    pub invoker: Invoker,
+    pub metrics: Arc<Metrics>,
+    pub cfg: EngineConfig,
+}
+
+impl Engine {
+    /// Moves a `trying` transaction to aborting and drives its cancels. Returns the status it
+    /// has afterwards (None: no such transaction).
+    pub async fn abort(&self, gid: &str, reason: &str) -> Result<Option<TxStatus>, StoreError> {
+        let owner = self.cfg.owner.clone();
+        let (g, r, lease_ms) = (gid.to_string(), reason.to_string(), self.cfg.lease_ms);
+        let decided = self
+            .pool
+            .run(move |p| {
+                store::decide(
+                    p,
+                    Decision {
+                        gid: &g,
+                        to: TxStatus::Aborting,
+                        reason: Some(&r),
+                        owner: &owner,
+                        lease_ms,
+                        now: now_ms(),
+                    },
+                )
+            })
+            .await?;
+        match decided {
+            Decide::NotFound => Ok(None),
+            Decide::Decided(_) | Decide::Expired(_) => {
+                self.metrics
+                    .transition(Some(TxStatus::Trying), TxStatus::Aborting);
+                log::info!("gid={gid} trying -> aborting ({reason})");
+                crash_point("coord_after_decision");
+                self.drive(gid).await
+            }
+            Decide::Unchanged(s) => Ok(Some(s)),
+            Decide::BranchOpen(_) => Ok(Some(TxStatus::Trying)),
+        }
+    }
+
+    /// One phase-two pass over a transaction whose lease this process holds. Every branch that
+    /// still needs the call gets it, concurrently; then one write records the results and, if
+    /// nothing is left open, the final status. Returns the status afterwards.
+    pub async fn drive(&self, gid: &str) -> Result<Option<TxStatus>, StoreError> {
+        let g = gid.to_string();
+        let Some((tx, branches, resources)) =
+            self.pool.run(move |p| store::load_for_drive(p, &g)).await?
+        else {
+            return Ok(None);
+        };
+        let from = tx.status();
+        let Some(op) = from.phase_two() else {
+            return Ok(Some(from));
+        };
+        if tx.lease_owner.as_deref() != Some(self.cfg.owner.as_str()) {
+            // Somebody else drives it; leave it to them.
+            return Ok(Some(from));
+        }
+        let targets: Vec<_> = branches.iter().filter(|b| b.status().needs(op)).collect();
+        let calls = targets.iter().map(|b| {
+            let resource = resources.get(&b.resource);
+            async move {
+                let Some(resource) = resource else {
+                    return (
+                        b.branch_id.clone(),
+                        Err(format!("resource {} is not registered", b.resource)),
+                    );
+                };
+                let res = self
+                    .invoker
+                    .call(resource.url(op), op, gid, &b.branch_id, &b.payload)
+                    .await;
+                self.metrics.call(op, res.outcome);
+                if res.outcome == CallOutcome::Done {
+                    log::debug!("gid={gid} branch={} {op} done", b.branch_id);
+                    crash_point("coord_after_phase_two_call");
+                    (b.branch_id.clone(), Ok(()))
+                } else {
+                    let error = res.error.unwrap_or_else(|| format!("{op} failed"));
+                    log::warn!("gid={gid} branch={} {error}", b.branch_id);
+                    (b.branch_id.clone(), Err(error))
+                }
+            }
+        });
+        let results = join_all(calls).await;
+
+        let now = now_ms();
+        let delay = backoff_ms(
+            (tx.attempts + 1).clamp(1, 64) as u32,
+            self.cfg.retry_base_ms,
+            self.cfg.retry_cap_ms,
+            rand::random::<f64>(),
+        );
+        let owner = self.cfg.owner.clone();
+        let g = gid.to_string();
+        let finish = self
+            .pool
+            .run(move |p| {
+                store::finish_drive(
+                    p,
+                    DriveResult {
+                        gid: &g,
+                        owner: &owner,
+                        from,
+                        op,
+                        calls: results,
+                        now,
+                        retry_at: now + delay as i64,
+                    },
+                )
+            })
+            .await?;
+        match finish {
+            Finish::Final(to) => {
+                self.metrics.transition(Some(from), to);
+                log::info!("gid={gid} {from} -> {to}");
+                Ok(Some(to))
+            }
+            Finish::Retry(attempts) => {
+                log::warn!(
+                    "gid={gid} {from}: {op} attempt {attempts} incomplete, retry in {delay} ms"
+                );
+                if attempts == self.cfg.stuck_after_attempts {
+                    log::error!(
+                        "gid={gid} is stuck: {attempts} failed {op} attempts; still retrying"
+                    );
+                    self.alert_stuck(gid, from, attempts);
+                }
+                Ok(Some(from))
+            }
+            Finish::Lost => {
+                let g = gid.to_string();
+                Ok(self
+                    .pool
+                    .run(move |p| store::get_tx(p, &g))
+                    .await?
+                    .map(|(t, _)| t.status()))
+            }
+        }
+    }
+
+    fn alert_stuck(&self, gid: &str, status: TxStatus, attempts: i64) {
+        let Some(url) = self.cfg.alert_webhook.clone() else {
+            return;
+        };
+        let client = self.invoker.client().clone();
+        let body = serde_json::json!({"event": "transaction_stuck", "gid": gid, "status": status.as_str(), "attempts": attempts});
+        tokio::spawn(async move {
+            let sent = client
+                .post(&url)
+                .json(&body)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if let Err(e) = sent.and_then(|r| r.error_for_status()) {
+                log::warn!("alert webhook {url} failed: {e}");
+            }
+        });
+    }
+}

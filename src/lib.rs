@@ -1,0 +1,9 @@
+//! tccd: a TCC (Try / Confirm / Cancel) distributed-transaction coordinator, and the pieces a
+//! resource service needs to take part.
+
+pub mod coordinator;
+pub mod db;
+pub mod failpoints;
+pub mod http;
+pub mod time;
+pub mod validate;

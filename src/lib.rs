@@ -5,5 +5,6 @@ pub mod coordinator;
 pub mod db;
 pub mod failpoints;
 pub mod http;
+pub mod resource;
 pub mod time;
 pub mod validate;

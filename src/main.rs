@@ -1,6 +1,7 @@
 use clap::{Parser, Subcommand};
 
 use tccd::coordinator::{self, CoordinatorArgs};
+use tccd::resource::stock::{self, StockArgs};
 
 /// tccd: a TCC (Try / Confirm / Cancel) distributed-transaction coordinator.
 #[derive(Parser)]
@@ -14,6 +15,8 @@ struct Cli {
 enum Command {
     /// Run the coordinator: records global transactions and drives their branches.
     Coordinator(CoordinatorArgs),
+    /// Run a stock resource service: counters per key in SQL and Redis, moved by TCC calls.
+    Stock(StockArgs),
 }
 
 fn main() {
@@ -27,6 +30,7 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Coordinator(args) => coordinator::run(args).await,
+            Command::Stock(args) => stock::run(args).await,
         }
     });
     if let Err(e) = result {

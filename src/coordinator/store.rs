@@ -567,10 +567,7 @@ pub type DriveInput = (TxRow, Vec<BranchRow>, HashMap<String, ResourceRow>);
 
 /// What phase two needs: the transaction, its branches and their resources' current URLs
 /// (resolved now, so a re-registration redirects in-flight transactions).
-pub fn load_for_drive(
-    pool: &Pool,
-    gid: &str,
-) -> Result<Option<DriveInput>, StoreError> {
+pub fn load_for_drive(pool: &Pool, gid: &str) -> Result<Option<DriveInput>, StoreError> {
     let Some((tx, branches)) = get_tx(pool, gid)? else {
         return Ok(None);
     };

@@ -48,3 +48,39 @@ diesel::table! {
 
 diesel::joinable!(branches -> transactions (gid));
 diesel::allow_tables_to_appear_in_same_query!(resources, transactions, branches);
+
+diesel::table! {
+    stock (key) {
+        key -> Text,
+        available -> BigInt,
+        locked -> BigInt,
+        consumed -> BigInt,
+        version -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    stock_reservations (gid, branch_id, key) {
+        gid -> Text,
+        branch_id -> Text,
+        key -> Text,
+        amount -> BigInt,
+        state -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    tcc_barriers (gid, branch_id, op) {
+        gid -> Text,
+        branch_id -> Text,
+        op -> Text,
+        origin -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(stock, stock_reservations);

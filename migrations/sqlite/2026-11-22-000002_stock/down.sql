@@ -1,0 +1,3 @@
+DROP TABLE tcc_barriers;
+DROP TABLE stock_reservations;
+DROP TABLE stock;

@@ -1,0 +1,357 @@
+//! One TCC call on the stock service, across both stores, and the consistency check.
+//!
+//! Order (DESIGN.md rule 5): per-key lock of this process, then Redis (one atomic Lua script:
+//! barrier + counters), then the database row (one local transaction: barrier + conditional
+//! update). Each store keeps its own barrier and applies each `(gid, branch, op)` at most once,
+//! so whatever fails between the two steps, the coordinator's retry or Cancel brings both to the
+//! same end:
+//! - Try applied in Redis, then the database fails or the process dies: the coordinator sees no
+//!   success and cancels. Redis's Cancel releases what its Try reserved; the database's Cancel
+//!   finds no Try there and only blocks it (empty compensation). Both end unreserved.
+//! - Try applied in Redis, the database refuses it (the stores disagreed): the Redis part is
+//!   rolled back at once (its Try key becomes `undone`), so nothing stays reserved.
+//! - Confirm or Cancel applied in Redis, then the database fails: the coordinator retries; Redis
+//!   skips it as a duplicate, the database applies it.
+//! - A Try arriving after its Cancel reached Redis is skipped in both stores: the Cancel, which
+//!   the coordinator retries until it succeeds, completes the database side.
+//! - Redis lost a hash (restarted empty): the script says so before changing anything; the hash
+//!   is reloaded from the database under the key's exclusive lock and the script runs again.
+
+use std::sync::Arc;
+
+use super::cache::{Cache, CacheOutcome};
+use super::faults::{Action, Faults};
+use super::locks::KeyLocks;
+use super::metrics::StockMetrics;
+use super::model::{Counters, Item};
+use super::store::{self, SqlOutcome, StockRow};
+use crate::db::Pool;
+use crate::http::ApiError;
+use crate::http::error::ErrorCode;
+use crate::resource::Op;
+use crate::resource::barrier::Outcome;
+use crate::time::now_ms;
+
+pub struct Stock {
+    pub pool: Pool,
+    pub cache: Cache,
+    pub locks: KeyLocks,
+    pub faults: Option<Faults>,
+    pub metrics: Arc<StockMetrics>,
+}
+
+/// One key in both stores.
+pub struct KeyView {
+    pub row: StockRow,
+    pub redis: Option<Counters>,
+}
+
+impl KeyView {
+    pub fn consistent(&self) -> bool {
+        self.redis == Some(self.row.counters())
+    }
+}
+
+impl Stock {
+    fn redis_error(&self, e: redis::RedisError) -> ApiError {
+        self.metrics
+            .store_errors
+            .with_label_values(&["redis"])
+            .inc();
+        log::warn!("redis: {e}");
+        ApiError::new(ErrorCode::Unavailable, "Redis is unavailable; retry later.")
+    }
+
+    fn db_error(&self, e: crate::db::StoreError) -> ApiError {
+        self.metrics
+            .store_errors
+            .with_label_values(&["database"])
+            .inc();
+        ApiError::from(e)
+    }
+
+    fn count(&self, op: Op, outcome: &str) {
+        self.metrics
+            .calls
+            .with_label_values(&[op.as_str(), outcome])
+            .inc();
+    }
+
+    /// Runs one TCC call; returns what the barrier decided.
+    pub async fn call(
+        &self,
+        op: Op,
+        gid: &str,
+        branch_id: &str,
+        items: &[Item],
+    ) -> Result<Outcome, ApiError> {
+        if let Some(fault) = self.faults.as_ref().and_then(|f| f.take(op)) {
+            match fault.action {
+                Action::Error => {
+                    self.count(op, "fault_error");
+                    return Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!("Injected fault: {op} fails."),
+                    ));
+                }
+                Action::Refuse => {
+                    self.count(op, "fault_refused");
+                    return Err(ApiError::conflict(format!("Injected fault: {op} refused.")));
+                }
+                Action::Delay => {
+                    tokio::time::sleep(std::time::Duration::from_millis(fault.delay_ms)).await
+                }
+            }
+        }
+        let result = self.call_stores(op, gid, branch_id, items).await;
+        match &result {
+            Ok(o) => {
+                self.count(
+                    op,
+                    if *o == Outcome::Proceed {
+                        "applied"
+                    } else {
+                        o.as_str()
+                    },
+                );
+                if *o != Outcome::Proceed {
+                    self.metrics
+                        .barrier_skips
+                        .with_label_values(&[o.as_str()])
+                        .inc();
+                    log::info!("gid={gid} branch={branch_id} {op}: {}", o.as_str());
+                }
+            }
+            Err(e) if e.code == ErrorCode::InsufficientStock => {
+                self.count(op, "insufficient");
+                self.metrics.insufficient.inc();
+            }
+            Err(_) => self.count(op, "error"),
+        }
+        result
+    }
+
+    async fn call_stores(
+        &self,
+        op: Op,
+        gid: &str,
+        branch_id: &str,
+        items: &[Item],
+    ) -> Result<Outcome, ApiError> {
+        let mut reloads = 0;
+        loop {
+            let guards = self
+                .locks
+                .shared(items.iter().map(|i| i.key.as_str()))
+                .await;
+            let cached = self
+                .cache
+                .apply(op, gid, branch_id, items)
+                .await
+                .map_err(|e| self.redis_error(e))?;
+            let redis_outcome = match cached {
+                CacheOutcome::Missing(i) => {
+                    drop(guards);
+                    reloads += 1;
+                    if reloads > items.len() + 2 {
+                        return Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            "Redis keeps losing stock hashes; retry later.",
+                        ));
+                    }
+                    let key = &items[i].key;
+                    if !self.reload(key).await? {
+                        if op == Op::Try {
+                            return Err(insufficient(key));
+                        }
+                        // A Confirm/Cancel naming a key that was never stocked reserved nothing.
+                        let sql = self.sql(op, gid, branch_id, &[]).await?;
+                        return Ok(match sql {
+                            SqlOutcome::Done(o) => o,
+                            SqlOutcome::Insufficient(_) => Outcome::NotTried,
+                        });
+                    }
+                    continue;
+                }
+                // Refused in Redis: nothing changed anywhere, the database is never touched.
+                CacheOutcome::Insufficient(i) => return Err(insufficient(&items[i].key)),
+                CacheOutcome::Done(o) => o,
+            };
+            if redis_outcome == Outcome::LateTry {
+                // Its Cancel reached Redis; the coordinator retries that Cancel until the
+                // database has it too, so the database must not reserve now.
+                return Ok(Outcome::LateTry);
+            }
+            let sql = self.sql(op, gid, branch_id, items).await?;
+            return match sql {
+                SqlOutcome::Done(o) => Ok(o),
+                SqlOutcome::Insufficient(key) => {
+                    log::warn!(
+                        "gid={gid} branch={branch_id}: Redis had stock for {key} but the database did not; undoing the Redis reservation"
+                    );
+                    self.cache
+                        .undo_try(gid, branch_id, items)
+                        .await
+                        .map_err(|e| self.redis_error(e))?;
+                    Err(insufficient(&key))
+                }
+            };
+        }
+    }
+
+    async fn sql(
+        &self,
+        op: Op,
+        gid: &str,
+        branch_id: &str,
+        items: &[Item],
+    ) -> Result<SqlOutcome, ApiError> {
+        let (g, b, it) = (gid.to_string(), branch_id.to_string(), items.to_vec());
+        self.pool
+            .run(move |p| store::apply(p, op, &g, &b, &it, now_ms()))
+            .await
+            .map_err(|e| self.db_error(e))
+    }
+
+    /// Loads a key's hash from the database if Redis lacks it; `false` if the database has no
+    /// such key either.
+    async fn reload(&self, key: &str) -> Result<bool, ApiError> {
+        let _lock = self.locks.exclusive(key).await;
+        let k = key.to_string();
+        let Some(row) = self
+            .pool
+            .run(move |p| store::get(p, &k))
+            .await
+            .map_err(|e| self.db_error(e))?
+        else {
+            return Ok(false);
+        };
+        if self
+            .cache
+            .load_if_absent(key, row.counters())
+            .await
+            .map_err(|e| self.redis_error(e))?
+        {
+            log::warn!(
+                "stock {key}: Redis had no hash; loaded it from the database {:?}",
+                row.counters()
+            );
+        }
+        Ok(true)
+    }
+
+    /// Sets a key's available stock in the database, then mirrors the row to Redis.
+    pub async fn put(&self, key: &str, available: i64) -> Result<KeyView, ApiError> {
+        let _lock = self.locks.exclusive(key).await;
+        let k = key.to_string();
+        let row = self
+            .pool
+            .run(move |p| store::put_available(p, &k, available, now_ms()))
+            .await
+            .map_err(|e| self.db_error(e))?;
+        self.cache
+            .write(key, row.counters())
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        log::info!("stock {key}: available set to {available}");
+        Ok(KeyView {
+            redis: Some(row.counters()),
+            row,
+        })
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<KeyView>, ApiError> {
+        let k = key.to_string();
+        let Some(row) = self
+            .pool
+            .run(move |p| store::get(p, &k))
+            .await
+            .map_err(|e| self.db_error(e))?
+        else {
+            return Ok(None);
+        };
+        let redis = self
+            .cache
+            .read(key)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(Some(KeyView { row, redis }))
+    }
+
+    pub async fn list(&self) -> Result<Vec<KeyView>, ApiError> {
+        let rows = self
+            .pool
+            .run(store::list)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let redis = self
+                .cache
+                .read(&row.key)
+                .await
+                .map_err(|e| self.redis_error(e))?;
+            out.push(KeyView { row, redis });
+        }
+        Ok(out)
+    }
+
+    /// Compares every key in both stores, each under its exclusive lock so no reservation is
+    /// caught half-way; with `repair`, rewrites Redis from the database where they differ.
+    /// Returns (keys checked, mismatches as they were found).
+    pub async fn check(&self, repair: bool) -> Result<(usize, Vec<KeyView>), ApiError> {
+        let keys: Vec<String> = self
+            .pool
+            .run(store::list)
+            .await
+            .map_err(|e| self.db_error(e))?
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        let mut mismatches = Vec::new();
+        for key in &keys {
+            let _lock = self.locks.exclusive(key).await;
+            let Some(view) = self.get(key).await? else {
+                continue;
+            };
+            if view.consistent() {
+                continue;
+            }
+            log::warn!(
+                "stock {key}: Redis {:?} differs from the database {:?}",
+                view.redis,
+                view.row.counters()
+            );
+            self.metrics.inconsistencies_found.inc();
+            if repair {
+                self.cache
+                    .write(key, view.row.counters())
+                    .await
+                    .map_err(|e| self.redis_error(e))?;
+                self.metrics.repaired.inc();
+                log::info!("stock {key}: Redis rewritten from the database");
+            }
+            mismatches.push(view);
+        }
+        self.metrics
+            .inconsistent_keys
+            .set(if repair { 0 } else { mismatches.len() as i64 });
+        Ok((keys.len(), mismatches))
+    }
+
+    pub async fn ready(&self) -> Result<(), ApiError> {
+        self.pool
+            .run(|p| p.ping())
+            .await
+            .map_err(|e| self.db_error(e))?;
+        self.cache.ping().await.map_err(|e| self.redis_error(e))
+    }
+}
+
+fn insufficient(key: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::InsufficientStock,
+        format!("Not enough stock available for key {key}."),
+    )
+    .with("key", key)
+}

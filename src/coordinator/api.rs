@@ -16,6 +16,7 @@ use super::view;
 use crate::db::Pool;
 use crate::failpoints::crash_point;
 use crate::http::error::ErrorCode;
+use crate::http::extract::QueryParams;
 use crate::http::{ApiError, JsonBody};
 use crate::time::now_ms;
 use crate::validate;
@@ -213,8 +214,7 @@ struct ListQuery {
     after: Option<String>,
 }
 
-async fn list_transactions(data: Data, q: web::Query<ListQuery>) -> Answer {
-    let q = q.into_inner();
+async fn list_transactions(data: Data, QueryParams(q): QueryParams<ListQuery>) -> Answer {
     let status = match &q.status {
         None => None,
         Some(s) => Some(TxStatus::parse(s).ok_or_else(|| {
@@ -341,10 +341,26 @@ async fn add_branch(
         res.error.clone(),
     );
     let response = res.body.as_ref().map(Value::to_string);
-    data.pool
+    let tx_status = data
+        .pool
         .run(move |p| store::record_try(p, &g, &id, outcome, response, error, now_ms()))
         .await?;
     match res.outcome {
+        CallOutcome::Done if tx_status != TxStatus::Trying => {
+            // Aborted (by the client or the timeout) while the Try was on its way: the branch
+            // is being cancelled, so it must not be reported as usable.
+            log::info!(
+                "gid={gid} branch={} tried after the transaction became {tx_status}",
+                branch.branch_id
+            );
+            Err(conflict_status(
+                format!(
+                    "Transaction {gid} became {tx_status} while the Try of branch {} was in flight.",
+                    branch.branch_id
+                ),
+                tx_status,
+            ))
+        }
         CallOutcome::Done => {
             log::info!("gid={gid} branch={} tried", branch.branch_id);
             Ok(HttpResponse::Ok().json(json!({
@@ -441,7 +457,11 @@ struct CommitQuery {
     wait: Option<bool>,
 }
 
-async fn commit(data: Data, gid: web::Path<String>, q: web::Query<CommitQuery>) -> Answer {
+async fn commit(
+    data: Data,
+    gid: web::Path<String>,
+    QueryParams(q): QueryParams<CommitQuery>,
+) -> Answer {
     let gid = gid.into_inner();
     validate::id("gid", &gid)?;
     let wait = q.wait.unwrap_or(true);

@@ -446,7 +446,8 @@ pub fn prepare_branch(pool: &Pool, new: NewBranch) -> Result<PrepareBranch, Stor
     }))
 }
 
-/// Records a Try's outcome, unless phase two already moved the branch on. Written without
+/// Records a Try's outcome, unless phase two already moved the branch on; returns the
+/// transaction's status. Written without
 /// waiting: if it is lost, the branch stays `trying`, which blocks commit and is cancelled on
 /// abort or timeout (Cancel is safe whether or not the Try happened).
 pub fn record_try(
@@ -457,7 +458,7 @@ pub fn record_try(
     response: Option<String>,
     error: Option<String>,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<TxStatus, StoreError> {
     let status = match outcome {
         CallOutcome::Done => BranchStatus::Tried,
         _ => BranchStatus::Failed,
@@ -477,7 +478,11 @@ pub fn record_try(
             branches::updated_at.eq(now),
         ))
         .execute(conn)?;
-        Ok(())
+        let tx: String = transactions::table
+            .find(gid)
+            .select(transactions::status)
+            .first(conn)?;
+        Ok(TxStatus::parse(&tx).unwrap_or(TxStatus::Trying))
     }))
 }
 

@@ -73,7 +73,28 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// Query strings get the same 400 treatment as bodies.
+/// A query string, refused with a 400 naming the offending parameter.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for QueryParams<T> {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(
+            req.query_string().as_bytes(),
+        ));
+        let parsed = serde_path_to_error::deserialize(de)
+            .map(QueryParams)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                ApiError::invalid(format!("Query parameter `{path}`: {}.", e.into_inner()))
+            });
+        std::future::ready(parsed)
+    }
+}
+
+/// Query strings read by actix's own extractor get the same 400 treatment.
 pub fn query_config() -> web::QueryConfig {
     web::QueryConfig::default()
         .error_handler(|e, _| ApiError::invalid(format!("Bad query string: {e}.")).into())

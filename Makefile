@@ -19,7 +19,11 @@ endif
 # Runs on exit (success, failure, Ctrl-C) of a recipe that started services.
 STOP_ON_EXIT = trap 'exit 130' INT; trap 'exit 143' TERM; trap '$(SERVICES) stop $(1)' EXIT
 
-.PHONY: help packages build test lint demo run bench clean
+.PHONY: help packages build test lint demo run bench clean dtm-venv
+
+# DTM's Python client, for the DTM-compatibility tests.
+DTM_VENV := target/dtm-venv
+DTMCLI_VERSION := 1.7.7.0
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -32,11 +36,18 @@ packages: ## install or name the missing system packages (redis, postgresql, lib
 build: ## cargo build --release
 	cargo build --release
 
-test: packages ## run every test against Postgres and Redis (shared ones if up, else private)
+dtm-venv: ## install DTM's Python client (dtmcli) into target/dtm-venv
+	@if ! $(DTM_VENV)/bin/python -c 'import dtmcli' 2>/dev/null; then \
+		echo "make: installing dtmcli==$(DTMCLI_VERSION) into $(DTM_VENV)"; \
+		python3 -m venv $(DTM_VENV) || { echo "python3 with the venv module is needed: apt-get install -y python3-venv"; exit 1; }; \
+		$(DTM_VENV)/bin/pip install --quiet --disable-pip-version-check dtmcli==$(DTMCLI_VERSION); \
+	fi
+
+test: packages dtm-venv ## run every test against Postgres and Redis (shared ones if up, else private)
 	@$(call STOP_ON_EXIT,postgres redis); \
 	pg=$$($(SERVICES) ensure-postgres); \
 	redis=$$($(SERVICES) ensure-redis); \
-	export TCCD_TEST_PG_URL="$$pg" TCCD_TEST_REDIS_URL="$$redis"; \
+	export TCCD_TEST_PG_URL="$$pg" TCCD_TEST_REDIS_URL="$$redis" TCCD_TEST_DTM_PYTHON="$(CURDIR)/$(DTM_VENV)/bin/python"; \
 	echo "make test: Postgres $$pg, Redis $$redis"; \
 	cargo test $(TEST_ARGS)
 

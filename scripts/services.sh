@@ -83,6 +83,12 @@ cmd_ensure_packages() {
     missing+=(postgresql)
   fi
   command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+  # The DTM-compatibility tests run DTM's Python client in a virtual environment.
+  if ! command -v python3 >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
+  elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+  fi
   local pkg pc
   for pkg in libpq-dev:libpq libsqlite3-dev:sqlite3 libssl-dev:openssl; do
     pc=${pkg#*:}

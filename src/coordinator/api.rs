@@ -24,6 +24,7 @@ use crate::validate;
 pub const MAX_METADATA_BYTES: usize = 4 * 1024;
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 pub const MAX_REASON_CHARS: usize = 1024;
+pub const PROTOCOL_NATIVE: &str = "native";
 
 pub struct AppState {
     pub pool: Pool,
@@ -177,6 +178,8 @@ async fn begin(data: Data, JsonBody(body): JsonBody<BeginBody>) -> Answer {
         due_at: now + timeout_ms,
         lease_owner: None,
         branch_seq: 0,
+        protocol: PROTOCOL_NATIVE.into(),
+        options: None,
     };
     match data.pool.run(move |p| store::begin(p, row)).await? {
         Begin::Created(tx) => {

@@ -86,19 +86,29 @@ impl Engine {
             return Ok(Some(from));
         }
         let targets: Vec<_> = branches.iter().filter(|b| b.status().needs(op)).collect();
+        let dtm = super::dtm::Options::of(&tx);
+        let request_timeout = dtm.request_timeout();
         let calls = targets.iter().map(|b| {
             let resource = resources.get(&b.resource);
             async move {
-                let Some(resource) = resource else {
-                    return (
-                        b.branch_id.clone(),
-                        Err(format!("resource {} is not registered", b.resource)),
-                    );
+                let res = match (b.dtm_url(op), resource) {
+                    (Some(url), _) => {
+                        self.invoker
+                            .call_dtm(url, op, gid, &b.branch_id, &b.payload, request_timeout)
+                            .await
+                    }
+                    (None, Some(resource)) => {
+                        self.invoker
+                            .call(resource.url(op), op, gid, &b.branch_id, &b.payload)
+                            .await
+                    }
+                    (None, None) => {
+                        return (
+                            b.branch_id.clone(),
+                            Err(format!("resource {} is not registered", b.resource)),
+                        );
+                    }
                 };
-                let res = self
-                    .invoker
-                    .call(resource.url(op), op, gid, &b.branch_id, &b.payload)
-                    .await;
                 self.metrics.call(op, res.outcome);
                 if res.outcome == CallOutcome::Done {
                     log::debug!("gid={gid} branch={} {op} done", b.branch_id);
@@ -116,7 +126,7 @@ impl Engine {
         let now = now_ms();
         let delay = backoff_ms(
             (tx.attempts + 1).clamp(1, 64) as u32,
-            self.cfg.retry_base_ms,
+            dtm.retry_base_ms().unwrap_or(self.cfg.retry_base_ms),
             self.cfg.retry_cap_ms,
             rand::random::<f64>(),
         );

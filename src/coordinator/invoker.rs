@@ -36,7 +36,8 @@ impl Invoker {
         &self.client
     }
 
-    /// Sends `op` for one branch. `payload` is the branch payload's JSON text.
+    /// Sends `op` for one branch, the native way (API.md §2). `payload` is the branch
+    /// payload's JSON text.
     pub async fn call(
         &self,
         url: &str,
@@ -47,16 +48,56 @@ impl Invoker {
     ) -> CallResult {
         let payload: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
         let body = serde_json::json!({"gid": gid, "branch_id": branch_id, "op": op.as_str(), "payload": payload});
-        let sent = self
+        let request = self
             .client
             .post(url)
             .header("X-Tcc-Gid", gid)
             .header("X-Tcc-Branch-Id", branch_id)
             .header("X-Tcc-Op", op.as_str())
-            .json(&body)
-            .send()
-            .await;
-        let response = match sent {
+            .json(&body);
+        self.send(request, op, |status, _| classify(op, status))
+            .await
+    }
+
+    /// Sends `op` for one branch the way DTM does: the branch data as the body, the ids as
+    /// query parameters. A 2xx whose body says FAILURE or ONGOING has not succeeded.
+    pub async fn call_dtm(
+        &self,
+        url: &str,
+        op: Op,
+        gid: &str,
+        branch_id: &str,
+        data: &str,
+        timeout: Option<Duration>,
+    ) -> CallResult {
+        let mut request = self
+            .client
+            .post(url)
+            .query(&[
+                ("gid", gid),
+                ("trans_type", "tcc"),
+                ("branch_id", branch_id),
+                ("op", op.as_str()),
+            ])
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(data.to_string());
+        if let Some(t) = timeout {
+            request = request.timeout(t);
+        }
+        self.send(request, op, |status, body| match classify(op, status) {
+            CallOutcome::Done if dtm_unsettled(body) => CallOutcome::Unknown,
+            other => other,
+        })
+        .await
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        op: Op,
+        classify: impl Fn(Option<u16>, &[u8]) -> CallOutcome,
+    ) -> CallResult {
+        let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
                 let error = if e.is_timeout() {
@@ -65,7 +106,7 @@ impl Invoker {
                     format!("{op} failed: {e}")
                 };
                 return CallResult {
-                    outcome: classify(op, None),
+                    outcome: classify(None, b""),
                     status: None,
                     body: None,
                     error: Some(error),
@@ -86,7 +127,7 @@ impl Invoker {
             }
         };
         let body = serde_json::from_slice::<Value>(&bytes).ok();
-        let outcome = classify(op, Some(status));
+        let outcome = classify(Some(status), &bytes);
         let error = match outcome {
             CallOutcome::Done => None,
             _ => Some(format!("{op} answered HTTP {status}: {}", snippet(&bytes))),
@@ -98,6 +139,12 @@ impl Invoker {
             error,
         }
     }
+}
+
+/// DTM's convention: a body mentioning FAILURE or ONGOING is not a success, whatever the status.
+pub fn dtm_unsettled(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text.contains("FAILURE") || text.contains("ONGOING")
 }
 
 fn snippet(bytes: &[u8]) -> String {

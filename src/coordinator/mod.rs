@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod driver;
+pub mod dtm;
 pub mod invoker;
 pub mod metrics;
 pub mod model;
@@ -59,6 +60,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), String> {
             .app_data(query_config())
             .app_data(path_config())
             .configure(api::routes)
+            .configure(dtm::routes)
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(api::readyz))
             .route("/metrics", web::get().to(api::metrics))

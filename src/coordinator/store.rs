@@ -50,6 +50,10 @@ pub struct TxRow {
     pub due_at: i64,
     pub lease_owner: Option<String>,
     pub branch_seq: i64,
+    /// `native`, or `dtm` for a transaction made through /api/dtmsvr.
+    pub protocol: String,
+    /// DTM's per-transaction options (JSON), for `dtm` transactions.
+    pub options: Option<String>,
 }
 
 impl TxRow {
@@ -72,9 +76,21 @@ pub struct BranchRow {
     pub last_error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// A DTM branch's own URLs (phase two calls them DTM-style); None for a native branch.
+    pub confirm_url: Option<String>,
+    pub cancel_url: Option<String>,
 }
 
 impl BranchRow {
+    /// A DTM branch's URL for `op` (None for a native branch, which uses its resource's).
+    pub fn dtm_url(&self, op: Op) -> Option<&str> {
+        match op {
+            Op::Confirm => self.confirm_url.as_deref(),
+            Op::Cancel => self.cancel_url.as_deref(),
+            Op::Try => None,
+        }
+    }
+
     pub fn status(&self) -> BranchStatus {
         BranchStatus::parse(&self.status).unwrap_or(BranchStatus::Trying)
     }
@@ -432,6 +448,8 @@ pub fn prepare_branch(pool: &Pool, new: NewBranch) -> Result<PrepareBranch, Stor
             last_error: None,
             created_at: new.now,
             updated_at: new.now,
+            confirm_url: None,
+            cancel_url: None,
         };
         diesel::insert_into(branches::table)
             .values(&row)
@@ -443,6 +461,85 @@ pub fn prepare_branch(pool: &Pool, new: NewBranch) -> Result<PrepareBranch, Stor
             ))
             .execute(conn)?;
         Ok(PrepareBranch::New(row, resource))
+    }))
+}
+
+pub struct NewDtmBranch {
+    pub gid: String,
+    pub branch_id: String,
+    /// The branch data exactly as the client sent it (the body of its Confirm and Cancel).
+    pub data: String,
+    pub confirm_url: String,
+    pub cancel_url: String,
+    pub now: i64,
+}
+
+pub enum RegisterDtmBranch {
+    Registered,
+    /// The same branch was registered before with the same data and URLs.
+    Duplicate,
+    /// The same branch id was registered before with other data or URLs.
+    Mismatch,
+    NotFound,
+    NotPrepared(TxStatus),
+    /// Past `expires_at`: the caller must abort it.
+    Expired,
+}
+
+/// Stores a DTM branch before its client sends the Try (durable before effect). The
+/// coordinator never sees that Try, so the branch is `tried`: confirmed on submit, cancelled on
+/// abort (the resource's barrier makes a Cancel of a Try that never ran a no-op).
+pub fn register_dtm_branch(
+    pool: &Pool,
+    new: NewDtmBranch,
+) -> Result<RegisterDtmBranch, StoreError> {
+    with_conn!(pool, |conn| conn.write_txn(|conn| {
+        let Some(tx) = conn.lock_tx(&new.gid)? else {
+            return Ok(RegisterDtmBranch::NotFound);
+        };
+        let existing: Option<BranchRow> = branches::table
+            .find((&new.gid, &new.branch_id))
+            .select(BranchRow::as_select())
+            .first(conn)
+            .optional()?;
+        if let Some(b) = existing {
+            let same = b.payload == new.data
+                && b.confirm_url.as_deref() == Some(new.confirm_url.as_str())
+                && b.cancel_url.as_deref() == Some(new.cancel_url.as_str());
+            return Ok(if same {
+                RegisterDtmBranch::Duplicate
+            } else {
+                RegisterDtmBranch::Mismatch
+            });
+        }
+        if tx.status() != TxStatus::Trying {
+            return Ok(RegisterDtmBranch::NotPrepared(tx.status()));
+        }
+        if tx.expires_at <= new.now {
+            return Ok(RegisterDtmBranch::Expired);
+        }
+        let row = BranchRow {
+            gid: new.gid.clone(),
+            branch_id: new.branch_id.clone(),
+            resource: String::new(),
+            status: BranchStatus::Tried.as_str().into(),
+            payload: new.data.clone(),
+            try_outcome: None,
+            response: None,
+            attempts: 0,
+            last_error: None,
+            created_at: new.now,
+            updated_at: new.now,
+            confirm_url: Some(new.confirm_url.clone()),
+            cancel_url: Some(new.cancel_url.clone()),
+        };
+        diesel::insert_into(branches::table)
+            .values(&row)
+            .execute(conn)?;
+        diesel::update(transactions::table.find(&new.gid))
+            .set(transactions::updated_at.eq(new.now))
+            .execute(conn)?;
+        Ok(RegisterDtmBranch::Registered)
     }))
 }
 

@@ -27,6 +27,8 @@ diesel::table! {
         due_at -> BigInt,
         lease_owner -> Nullable<Text>,
         branch_seq -> BigInt,
+        protocol -> Text,
+        options -> Nullable<Text>,
     }
 }
 
@@ -43,6 +45,8 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        confirm_url -> Nullable<Text>,
+        cancel_url -> Nullable<Text>,
     }
 }
 

@@ -7,6 +7,8 @@ use serde_json::{Value, json};
 use super::faults::FaultSpec;
 use super::model::{Counters, parse_items};
 use super::service::{KeyView, Stock};
+use crate::http::error::ErrorCode;
+use crate::http::extract::QueryParams;
 use crate::http::{ApiError, JsonBody};
 use crate::resource::Op;
 use crate::validate;
@@ -29,26 +31,40 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics));
 }
 
-/// The coordinator's call body (API.md §2); the headers say the same and are used when the
-/// body leaves a field out.
+/// The ids of a DTM-style call (DTM SDKs and DTM-protocol coordinators put them in the query
+/// string and send the branch data as the whole body).
 #[derive(Deserialize)]
-struct TccBody {
+struct DtmQuery {
     gid: Option<String>,
     branch_id: Option<String>,
-    #[serde(default)]
-    payload: Value,
+    op: Option<String>,
 }
 
-async fn tcc_try(data: Data, req: HttpRequest, body: JsonBody<TccBody>) -> Answer {
-    tcc(data, req, body.0, Op::Try).await
+async fn tcc_try(
+    data: Data,
+    req: HttpRequest,
+    q: QueryParams<DtmQuery>,
+    body: JsonBody<Value>,
+) -> Answer {
+    tcc(data, req, q.0, body.0, Op::Try).await
 }
 
-async fn tcc_confirm(data: Data, req: HttpRequest, body: JsonBody<TccBody>) -> Answer {
-    tcc(data, req, body.0, Op::Confirm).await
+async fn tcc_confirm(
+    data: Data,
+    req: HttpRequest,
+    q: QueryParams<DtmQuery>,
+    body: JsonBody<Value>,
+) -> Answer {
+    tcc(data, req, q.0, body.0, Op::Confirm).await
 }
 
-async fn tcc_cancel(data: Data, req: HttpRequest, body: JsonBody<TccBody>) -> Answer {
-    tcc(data, req, body.0, Op::Cancel).await
+async fn tcc_cancel(
+    data: Data,
+    req: HttpRequest,
+    q: QueryParams<DtmQuery>,
+    body: JsonBody<Value>,
+) -> Answer {
+    tcc(data, req, q.0, body.0, Op::Cancel).await
 }
 
 fn header(req: &HttpRequest, name: &str) -> Option<String> {
@@ -58,28 +74,61 @@ fn header(req: &HttpRequest, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn tcc(data: Data, req: HttpRequest, body: TccBody, op: Op) -> Answer {
-    let gid = body
-        .gid
-        .or_else(|| header(&req, "X-Tcc-Gid"))
-        .ok_or_else(|| ApiError::invalid("Field `gid` is missing."))?;
-    let branch_id = body
-        .branch_id
-        .or_else(|| header(&req, "X-Tcc-Branch-Id"))
-        .ok_or_else(|| ApiError::invalid("Field `branch_id` is missing."))?;
+fn body_str(body: &Value, field: &str) -> Result<Option<String>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::invalid(format!(
+            "Field `{field}` must be a string."
+        ))),
+    }
+}
+
+/// One TCC call, native (API.md §2: ids in the body or the `X-Tcc-*` headers, the payload under
+/// `payload`) or DTM-style (ids in the query string, the payload is the body).
+async fn tcc(data: Data, req: HttpRequest, q: DtmQuery, body: Value, op: Op) -> Answer {
+    let dtm = q.gid.is_some() && q.branch_id.is_some();
+    let (gid, branch_id, payload) = if dtm {
+        if q.op.as_deref().is_some_and(|o| o != op.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "Query parameter `op` does not match this {op} endpoint."
+            )));
+        }
+        (q.gid, q.branch_id, body)
+    } else {
+        let gid = body_str(&body, "gid")?.or_else(|| header(&req, "X-Tcc-Gid"));
+        let branch_id = body_str(&body, "branch_id")?.or_else(|| header(&req, "X-Tcc-Branch-Id"));
+        (
+            gid,
+            branch_id,
+            body.get("payload").cloned().unwrap_or(Value::Null),
+        )
+    };
+    let gid = gid.ok_or_else(|| ApiError::invalid("Field `gid` is missing."))?;
+    let branch_id = branch_id.ok_or_else(|| ApiError::invalid("Field `branch_id` is missing."))?;
     validate::id("gid", &gid)?;
     validate::id("branch_id", &branch_id)?;
-    let items = match parse_items(&body.payload) {
+    let items = match parse_items(&payload) {
         Ok(items) => items,
         // A Cancel must always be able to succeed: with a payload no Try could have accepted,
         // there is nothing to release here, but the barrier must still block a late Try.
         Err(_) if op == Op::Cancel => Vec::new(),
         Err(e) => return Err(e),
     };
-    let outcome = data.call(op, &gid, &branch_id, &items).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "gid": gid, "branch_id": branch_id, "op": op.as_str(), "result": outcome.as_str(),
-    })))
+    let outcome = match data.call(op, &gid, &branch_id, &items).await {
+        Ok(o) => o,
+        // DTM clients read FAILURE in the body as a final refusal.
+        Err(e) if dtm && e.code == ErrorCode::InsufficientStock => {
+            return Err(e.with("dtm_result", "FAILURE"));
+        }
+        Err(e) => return Err(e),
+    };
+    let mut answer =
+        json!({"gid": gid, "branch_id": branch_id, "op": op.as_str(), "result": outcome.as_str()});
+    if dtm {
+        answer["dtm_result"] = json!("SUCCESS");
+    }
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 fn counters(c: &Counters) -> Value {

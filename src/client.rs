@@ -19,28 +19,26 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No answer: connection refused or reset, timeout.
-    #[error("{method} {url}: {source}")]
+    #[error("{request}: {source}")]
     Transport {
-        method: Method,
-        url: String,
+        /// `METHOD URL`.
+        request: String,
         #[source]
         source: reqwest::Error,
     },
     /// A non-2xx answer with the API's error body (or whatever the server sent).
-    #[error("{method} {url}: HTTP {status} {code}: {message}")]
+    #[error("{request}: HTTP {status} {code}: {message}")]
     Api {
-        method: Method,
-        url: String,
+        request: String,
         status: u16,
         code: String,
         message: String,
         body: Value,
     },
     /// A 2xx answer whose body is not what the API promises.
-    #[error("{method} {url}: unexpected answer (HTTP {status}): {message}")]
+    #[error("{request}: unexpected answer (HTTP {status}): {message}")]
     Decode {
-        method: Method,
-        url: String,
+        request: String,
         status: u16,
         message: String,
     },
@@ -91,8 +89,8 @@ struct Http {
 
 /// A raw answer: status and body.
 struct Answer {
-    method: Method,
-    url: String,
+    /// `METHOD URL`.
+    request: String,
     status: StatusCode,
     body: Value,
 }
@@ -100,8 +98,7 @@ struct Answer {
 impl Answer {
     fn decode<T: DeserializeOwned>(self) -> Result<T> {
         serde_json::from_value(self.body).map_err(|e| ClientError::Decode {
-            method: self.method,
-            url: self.url,
+            request: self.request,
             status: self.status.as_u16(),
             message: e.to_string(),
         })
@@ -124,8 +121,7 @@ impl Answer {
             .map(str::to_string)
             .unwrap_or_else(|| self.body.to_string());
         Err(ClientError::Api {
-            method: self.method,
-            url: self.url,
+            request: self.request,
             status: self.status.as_u16(),
             code,
             message,
@@ -144,13 +140,13 @@ impl Http {
 
     async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Answer> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.client.request(method.clone(), &url);
+        let request = format!("{method} {url}");
+        let mut req = self.client.request(method, &url);
         if let Some(body) = body {
             req = req.json(body);
         }
         let transport = |source| ClientError::Transport {
-            method: method.clone(),
-            url: url.clone(),
+            request: request.clone(),
             source,
         };
         let resp = req.send().await.map_err(transport)?;
@@ -162,8 +158,7 @@ impl Http {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         Ok(Answer {
-            method,
-            url,
+            request,
             status,
             body,
         })
@@ -421,7 +416,11 @@ impl CoordinatorClient {
     }
 
     pub async fn resources(&self) -> Result<Vec<Resource>> {
-        Ok(self.http.get::<ResourceList>("/v1/resources").await?.resources)
+        Ok(self
+            .http
+            .get::<ResourceList>("/v1/resources")
+            .await?
+            .resources)
     }
 
     /// Registers (or moves) a resource; returns it.
@@ -432,7 +431,8 @@ impl CoordinatorClient {
         confirm_url: &str,
         cancel_url: &str,
     ) -> Result<Resource> {
-        let body = json!({"try_url": try_url, "confirm_url": confirm_url, "cancel_url": cancel_url});
+        let body =
+            json!({"try_url": try_url, "confirm_url": confirm_url, "cancel_url": cancel_url});
         self.http
             .send(
                 Method::PUT,
@@ -531,9 +531,7 @@ impl CoordinatorClient {
         if let Some(a) = after {
             query.push_str(&format!("&after={}", enc(a)));
         }
-        self.http
-            .get(&format!("/v1/transactions{query}"))
-            .await
+        self.http.get(&format!("/v1/transactions{query}")).await
     }
 
     /// Polls `GET /v1/transactions/{gid}` every `every` until `done` holds or `timeout` passes.
@@ -771,9 +769,17 @@ impl StockClient {
 
     /// Calls `POST /tcc/{op}` directly, as the coordinator would (API.md §2): for a baseline
     /// without a coordinator, or for tests. Returns the service's answer body.
-    pub async fn tcc(&self, op: TccOp, gid: &str, branch_id: &str, payload: &Value) -> Result<Value> {
-        let body = json!({"gid": gid, "branch_id": branch_id, "op": op.as_str(), "payload": payload});
+    pub async fn tcc(
+        &self,
+        op: TccOp,
+        gid: &str,
+        branch_id: &str,
+        payload: &Value,
+    ) -> Result<Value> {
+        let body =
+            json!({"gid": gid, "branch_id": branch_id, "op": op.as_str(), "payload": payload});
         let url = format!("{}/tcc/{}", self.http.base, op.as_str());
+        let request = format!("POST {url}");
         let resp = self
             .http
             .client
@@ -785,20 +791,17 @@ impl StockClient {
             .send()
             .await
             .map_err(|source| ClientError::Transport {
-                method: Method::POST,
-                url: url.clone(),
+                request: request.clone(),
                 source,
             })?;
         let status = resp.status();
         let text = resp.text().await.map_err(|source| ClientError::Transport {
-            method: Method::POST,
-            url: url.clone(),
+            request: request.clone(),
             source,
         })?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok(Answer {
-            method: Method::POST,
-            url,
+            request,
             status,
             body,
         }
@@ -820,8 +823,7 @@ mod tests {
     #[test]
     fn error_answers_keep_code_and_body() {
         let a = Answer {
-            method: Method::POST,
-            url: "http://x/v1/transactions/g/branches".into(),
+            request: "POST http://x/v1/transactions/g/branches".into(),
             status: StatusCode::CONFLICT,
             body: json!({"error": {"code": "try_failed", "message": "refused"}, "status": "aborted"}),
         };

@@ -1,8 +1,10 @@
 //! tccd: a TCC (Try / Confirm / Cancel) distributed-transaction coordinator, and the pieces a
 //! resource service needs to take part.
 
+pub mod client;
 pub mod coordinator;
 pub mod db;
+pub mod demo;
 pub mod failpoints;
 pub mod http;
 pub mod resource;

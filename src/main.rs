@@ -1,6 +1,7 @@
 use clap::{Parser, Subcommand};
 
 use tccd::coordinator::{self, CoordinatorArgs};
+use tccd::demo::{self, DemoArgs};
 use tccd::resource::stock::{self, StockArgs};
 
 /// tccd: a TCC (Try / Confirm / Cancel) distributed-transaction coordinator.
@@ -17,6 +18,8 @@ enum Command {
     Coordinator(CoordinatorArgs),
     /// Run a stock resource service: counters per key in SQL and Redis, moved by TCC calls.
     Stock(StockArgs),
+    /// Run the demo: start a coordinator and two stock services, play the scenarios.
+    Demo(DemoArgs),
 }
 
 fn main() {
@@ -31,6 +34,7 @@ fn main() {
         match cli.command {
             Command::Coordinator(args) => coordinator::run(args).await,
             Command::Stock(args) => stock::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     if let Err(e) = result {

@@ -173,18 +173,6 @@ impl Procs {
         Ok(pid)
     }
 
-    /// Kills `role` if it runs and starts it again with the same arguments.
-    pub fn restart(&mut self, role: &str) -> Result<Pending, String> {
-        let r = self
-            .running
-            .iter()
-            .find(|r| r.role == role)
-            .ok_or_else(|| format!("{role} was never started"))?;
-        let (subcommand, args) = (r.subcommand.clone(), r.args.clone());
-        self.kill(role)?;
-        self.spawn(role, &subcommand, args)
-    }
-
     /// The arguments `role` was started with.
     pub fn args(&self, role: &str) -> Option<(String, Vec<String>)> {
         self.running

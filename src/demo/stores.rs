@@ -161,6 +161,9 @@ mod tests {
             pg_url_with_db("postgres://u:p@h/db?sslmode=disable", "x"),
             "postgres://u:p@h/x?sslmode=disable"
         );
-        assert_eq!(pg_url_with_db("postgresql://h:1", "x"), "postgresql://h:1/x");
+        assert_eq!(
+            pg_url_with_db("postgresql://h:1", "x"),
+            "postgresql://h:1/x"
+        );
     }
 }

@@ -8,52 +8,90 @@ use super::model::{Counters, Item};
 use crate::resource::Op;
 use crate::resource::barrier::{self, Outcome};
 
-/// The business body of the TCC script (after the barrier prelude). `KEYS[4..]` are the stock
-/// hashes, `ARGV[3..]` the amounts. Returns `{'missing', i}` before touching anything when a
-/// hash is absent (Redis lost it: the caller reloads it from the database and runs again),
-/// `{'insufficient', i}` when a Try cannot be met, else `{outcome}`.
+/// The business body of the TCC script (after the barrier prelude). `KEYS[4]` is the branch's
+/// reservation record (a hash: stock key → amount its Try reserved in Redis), `KEYS[5..]` the
+/// stock hashes of the payload's items; `ARGV[3..]` their amounts, then their key names.
+/// Returns `{'missing', i, {}}` before touching anything when a hash is absent (Redis lost it:
+/// the caller reloads it from the database and runs again), `{'insufficient', i, {}}` when a
+/// Try cannot be met, else `{outcome, 0, moved}` with the amount moved per item.
+/// Confirm and Cancel move what the record says the Try reserved, never what their own payload
+/// claims.
 const TCC_BODY: &str = r#"
-local n = #KEYS - 3
+local RES = KEYS[4]
+local n = #KEYS - 4
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[3 + i]) == 0 then return {'missing', i} end
+  if redis.call('EXISTS', KEYS[4 + i]) == 0 then return {'missing', i, {}} end
 end
 local outcome = barrier_check()
 if outcome ~= 'proceed' then
   barrier_mark(outcome)
-  return {outcome, 0}
+  return {outcome, 0, {}}
 end
-local from, to
-if OP == 'try' then from, to = 'available', 'locked'
-elseif OP == 'confirm' then from, to = 'locked', 'consumed'
-else from, to = 'locked', 'available' end
-for i = 1, n do
-  local have = tonumber(redis.call('HGET', KEYS[3 + i], from) or '0')
-  if have < tonumber(ARGV[2 + i]) then
-    if OP == 'try' then return {'insufficient', i} end
-    -- Confirm/Cancel of more than is locked here: Redis lost track (it was flushed and
-    -- reloaded); move nothing rather than go negative, the consistency check repairs it.
-    barrier_mark('not_tried')
-    return {'not_tried', 0}
+local moved = {}
+if OP == 'try' then
+  for i = 1, n do
+    local have = tonumber(redis.call('HGET', KEYS[4 + i], 'available') or '0')
+    if have < tonumber(ARGV[2 + i]) then return {'insufficient', i, {}} end
+  end
+  for i = 1, n do
+    local a = tonumber(ARGV[2 + i])
+    redis.call('HINCRBY', KEYS[4 + i], 'available', -a)
+    redis.call('HINCRBY', KEYS[4 + i], 'locked', a)
+    redis.call('HSET', RES, ARGV[2 + n + i], a)
+    moved[i] = a
+  end
+  if n > 0 then redis.call('EXPIRE', RES, BARRIER_TTL) end
+else
+  local to = 'available'
+  if OP == 'confirm' then to = 'consumed' end
+  for i = 1, n do
+    local a = tonumber(redis.call('HGET', RES, ARGV[2 + n + i]) or '0')
+    local have = tonumber(redis.call('HGET', KEYS[4 + i], 'locked') or '0')
+    if a > 0 and have >= a then
+      redis.call('HINCRBY', KEYS[4 + i], 'locked', -a)
+      redis.call('HINCRBY', KEYS[4 + i], to, a)
+    else
+      a = 0
+    end
+    moved[i] = a
   end
 end
-for i = 1, n do
-  redis.call('HINCRBY', KEYS[3 + i], from, -tonumber(ARGV[2 + i]))
-  redis.call('HINCRBY', KEYS[3 + i], to, tonumber(ARGV[2 + i]))
-end
 barrier_mark('proceed')
-return {'proceed', 0}
+return {'proceed', 0, moved}
 "#;
 
 /// Rolls a Try's Redis reservation back when the database refused it, once: the Try key
 /// becomes `undone`, which later Cancels and Confirms read as "nothing reserved here".
 const UNDO_TRY_BODY: &str = r#"
 if redis.call('GET', BARRIER_TRY) ~= 'try' then return 0 end
-for i = 4, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'locked', -tonumber(ARGV[i - 1]))
-  redis.call('HINCRBY', KEYS[i], 'available', tonumber(ARGV[i - 1]))
+local n = #KEYS - 4
+for i = 1, n do
+  local a = tonumber(redis.call('HGET', KEYS[4], ARGV[2 + n + i]) or '0')
+  if a > 0 then
+    redis.call('HINCRBY', KEYS[4 + i], 'locked', -a)
+    redis.call('HINCRBY', KEYS[4 + i], 'available', a)
+  end
 end
+redis.call('DEL', KEYS[4])
 redis.call('SET', BARRIER_TRY, 'undone', 'EX', BARRIER_TTL)
 return 1
+"#;
+
+/// Moves amounts between two fields of stock hashes that exist and hold enough: how the
+/// database's movement is mirrored when Redis had lost the reservation it concerns.
+/// `ARGV[1]` from, `ARGV[2]` to, `ARGV[3..]` the amounts for `KEYS`.
+const MIRROR_SCRIPT: &str = r#"
+local done = 0
+for i = 1, #KEYS do
+  local a = tonumber(ARGV[2 + i])
+  local have = tonumber(redis.call('HGET', KEYS[i], ARGV[1]) or '-1')
+  if have >= a then
+    redis.call('HINCRBY', KEYS[i], ARGV[1], -a)
+    redis.call('HINCRBY', KEYS[i], ARGV[2], a)
+    done = done + 1
+  end
+end
+return done
 "#;
 
 /// Loads a hash only if it is absent: two loaders racing cannot overwrite each other's (or a
@@ -67,7 +105,8 @@ return 1
 /// What the TCC script said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheOutcome {
-    Done(Outcome),
+    /// The barrier's verdict and, per item, the amount this call moved in Redis.
+    Done(Outcome, Vec<i64>),
     /// Index into the items of a hash Redis does not have.
     Missing(usize),
     /// Index into the items of the key a Try cannot reserve.
@@ -81,6 +120,7 @@ pub struct Cache {
     tcc: redis::Script,
     undo_try: redis::Script,
     load: redis::Script,
+    mirror: redis::Script,
 }
 
 impl Cache {
@@ -100,6 +140,7 @@ impl Cache {
             tcc: barrier::redis::script(TCC_BODY),
             undo_try: barrier::redis::script(UNDO_TRY_BODY),
             load: redis::Script::new(LOAD_SCRIPT),
+            mirror: redis::Script::new(MIRROR_SCRIPT),
         })
     }
 
@@ -119,10 +160,14 @@ impl Cache {
         for k in barrier::redis::keys(&self.namespace, gid, branch_id) {
             inv.key(k);
         }
+        inv.key(format!("{}:reservation:{gid}:{branch_id}", self.namespace));
         inv.arg(op.as_str()).arg(self.ttl_secs);
         for it in items {
             inv.key(self.hash_key(&it.key));
             inv.arg(it.amount);
+        }
+        for it in items {
+            inv.arg(&it.key);
         }
         inv
     }
@@ -136,7 +181,7 @@ impl Cache {
         items: &[Item],
     ) -> redis::RedisResult<CacheOutcome> {
         let mut conn = self.conn.clone();
-        let (tag, i): (String, i64) = self
+        let (tag, i, moved): (String, i64, Vec<i64>) = self
             .branch_invocation(&self.tcc, op, gid, branch_id, items)
             .invoke_async(&mut conn)
             .await?;
@@ -145,14 +190,38 @@ impl Cache {
         Ok(match tag.as_str() {
             "missing" => CacheOutcome::Missing(index),
             "insufficient" => CacheOutcome::Insufficient(index),
-            other => CacheOutcome::Done(Outcome::parse(other).ok_or_else(|| {
-                redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "unexpected script reply",
-                    other.to_string(),
-                ))
-            })?),
+            other => {
+                let outcome = Outcome::parse(other).ok_or_else(|| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "unexpected script reply",
+                        other.to_string(),
+                    ))
+                })?;
+                let mut moved = moved;
+                moved.resize(items.len(), 0);
+                CacheOutcome::Done(outcome, moved)
+            }
         })
+    }
+
+    /// Moves `amount` from one counter to another in each hash (see `MIRROR_SCRIPT`); returns
+    /// how many hashes it changed.
+    pub async fn mirror(
+        &self,
+        from: &str,
+        to: &str,
+        moves: &[(String, i64)],
+    ) -> redis::RedisResult<usize> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.mirror.prepare_invoke();
+        inv.arg(from).arg(to);
+        for (key, amount) in moves {
+            inv.key(self.hash_key(key));
+            inv.arg(*amount);
+        }
+        let done: i64 = inv.invoke_async(&mut conn).await?;
+        Ok(done as usize)
     }
 
     /// Undoes this branch's Redis reservation (after the database refused the Try).

@@ -138,6 +138,7 @@ impl Stock {
         branch_id: &str,
         items: &[Item],
     ) -> Result<Outcome, ApiError> {
+        let mut items = items.to_vec();
         let mut reloads = 0;
         loop {
             let guards = self
@@ -146,10 +147,10 @@ impl Stock {
                 .await;
             let cached = self
                 .cache
-                .apply(op, gid, branch_id, items)
+                .apply(op, gid, branch_id, &items)
                 .await
                 .map_err(|e| self.redis_error(e))?;
-            let redis_outcome = match cached {
+            let (redis_outcome, redis_moved) = match cached {
                 CacheOutcome::Missing(i) => {
                     drop(guards);
                     reloads += 1;
@@ -159,44 +160,91 @@ impl Stock {
                             "Redis keeps losing stock hashes; retry later.",
                         ));
                     }
-                    let key = &items[i].key;
-                    if !self.reload(key).await? {
+                    if !self.reload(&items[i].key).await? {
                         if op == Op::Try {
-                            return Err(insufficient(key));
+                            return Err(insufficient(&items[i].key));
                         }
-                        // A Confirm/Cancel naming a key that was never stocked reserved nothing.
-                        let sql = self.sql(op, gid, branch_id, &[]).await?;
-                        return Ok(match sql {
-                            SqlOutcome::Done(o) => o,
-                            SqlOutcome::Insufficient(_) => Outcome::NotTried,
-                        });
+                        // A key that was never stocked cannot have been reserved: a Confirm or
+                        // Cancel has nothing to move there.
+                        items.remove(i);
                     }
                     continue;
                 }
                 // Refused in Redis: nothing changed anywhere, the database is never touched.
                 CacheOutcome::Insufficient(i) => return Err(insufficient(&items[i].key)),
-                CacheOutcome::Done(o) => o,
+                CacheOutcome::Done(o, moved) => (o, moved),
             };
             if redis_outcome == Outcome::LateTry {
                 // Its Cancel reached Redis; the coordinator retries that Cancel until the
                 // database has it too, so the database must not reserve now.
                 return Ok(Outcome::LateTry);
             }
-            let sql = self.sql(op, gid, branch_id, items).await?;
-            return match sql {
-                SqlOutcome::Done(o) => Ok(o),
+            return match self.sql(op, gid, branch_id, &items).await? {
+                SqlOutcome::Done(o, sql_moved) => {
+                    self.mirror_lost(op, gid, branch_id, &items, &redis_moved, &sql_moved)
+                        .await?;
+                    Ok(o)
+                }
                 SqlOutcome::Insufficient(key) => {
                     log::warn!(
                         "gid={gid} branch={branch_id}: Redis had stock for {key} but the database did not; undoing the Redis reservation"
                     );
                     self.cache
-                        .undo_try(gid, branch_id, items)
+                        .undo_try(gid, branch_id, &items)
                         .await
                         .map_err(|e| self.redis_error(e))?;
                     Err(insufficient(&key))
                 }
             };
         }
+    }
+
+    /// A Confirm or Cancel the database applied to a reservation that Redis no longer knew
+    /// (Redis was flushed or restarted, or its record expired): Redis moved nothing for it, so
+    /// the database's movement is mirrored now. This is exact: the shared key locks are still
+    /// held, so no reload or repair ran between the database's change and this one, and the
+    /// hash (loaded from the database before that change, or kept since the Try) does not
+    /// include it yet.
+    async fn mirror_lost(
+        &self,
+        op: Op,
+        gid: &str,
+        branch_id: &str,
+        items: &[Item],
+        redis_moved: &[i64],
+        sql_moved: &[(String, i64)],
+    ) -> Result<(), ApiError> {
+        let (from, to) = match op {
+            Op::Confirm => ("locked", "consumed"),
+            Op::Cancel => ("locked", "available"),
+            Op::Try => return Ok(()),
+        };
+        let mut lost = Vec::new();
+        for (key, amount) in sql_moved {
+            match items.iter().position(|i| &i.key == key) {
+                Some(i) if redis_moved.get(i).copied().unwrap_or(0) == 0 => {
+                    lost.push((key.clone(), *amount))
+                }
+                Some(_) => {}
+                None => log::warn!(
+                    "gid={gid} branch={branch_id}: {op} moved {amount} of {key} in the database, \
+                     but the call's payload does not name {key}; the consistency check will repair Redis"
+                ),
+            }
+        }
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let done = self
+            .cache
+            .mirror(from, to, &lost)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        log::warn!(
+            "gid={gid} branch={branch_id}: Redis had lost this reservation; mirrored the database's {op} on {done} of {} keys",
+            lost.len()
+        );
+        Ok(())
     }
 
     async fn sql(

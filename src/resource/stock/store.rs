@@ -41,8 +41,9 @@ const RELEASED: &str = "released";
 /// The result of a TCC call in SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SqlOutcome {
-    /// What the barrier decided (`Proceed`: the change was made).
-    Done(Outcome),
+    /// What the barrier decided (`Proceed`: the change was made) and, for a Confirm or Cancel
+    /// that proceeded, what it moved per key.
+    Done(Outcome, Vec<(String, i64)>),
     /// Try refused: this key has too little available (or does not exist). Nothing written.
     Insufficient(String),
 }
@@ -120,109 +121,110 @@ pub fn apply(
     items: &[Item],
     now: i64,
 ) -> Result<SqlOutcome, StoreError> {
-    let result: Result<Outcome, Abort> = with_conn!(pool, |conn| conn.write_txn(|conn| {
-        let outcome = enter(conn, gid, branch_id, op, now)?;
-        if outcome != Outcome::Proceed {
-            return Ok(outcome);
-        }
-        match op {
-            Op::Try => {
-                // Items are sorted by key: concurrent Tries lock rows in one order.
-                for it in items {
-                    let n = diesel::update(
-                        stock::table
-                            .find(&it.key)
-                            .filter(stock::available.ge(it.amount)),
-                    )
-                    .set((
-                        stock::available.eq(stock::available - it.amount),
-                        stock::locked.eq(stock::locked + it.amount),
-                        stock::version.eq(stock::version + 1),
-                        stock::updated_at.eq(now),
-                    ))
-                    .execute(conn)?;
-                    if n == 0 {
-                        return Err(Abort::Insufficient(it.key.clone()));
-                    }
-                    diesel::insert_into(stock_reservations::table)
-                        .values((
-                            stock_reservations::gid.eq(gid),
-                            stock_reservations::branch_id.eq(branch_id),
-                            stock_reservations::key.eq(&it.key),
-                            stock_reservations::amount.eq(it.amount),
-                            stock_reservations::state.eq(LOCKED),
-                            stock_reservations::created_at.eq(now),
-                            stock_reservations::updated_at.eq(now),
+    let result: Result<(Outcome, Vec<(String, i64)>), Abort> = with_conn!(pool, |conn| conn
+        .write_txn(|conn| {
+            let outcome = enter(conn, gid, branch_id, op, now)?;
+            if outcome != Outcome::Proceed {
+                return Ok((outcome, Vec::new()));
+            }
+            match op {
+                Op::Try => {
+                    // Items are sorted by key: concurrent Tries lock rows in one order.
+                    for it in items {
+                        let n = diesel::update(
+                            stock::table
+                                .find(&it.key)
+                                .filter(stock::available.ge(it.amount)),
+                        )
+                        .set((
+                            stock::available.eq(stock::available - it.amount),
+                            stock::locked.eq(stock::locked + it.amount),
+                            stock::version.eq(stock::version + 1),
+                            stock::updated_at.eq(now),
                         ))
                         .execute(conn)?;
-                }
-                Ok(Outcome::Proceed)
-            }
-            Op::Confirm | Op::Cancel => {
-                // Move exactly what this branch's Try reserved here, whatever the payload says.
-                let open: Vec<(String, i64)> = stock_reservations::table
-                    .filter(stock_reservations::gid.eq(gid))
-                    .filter(stock_reservations::branch_id.eq(branch_id))
-                    .filter(stock_reservations::state.eq(LOCKED))
-                    .select((stock_reservations::key, stock_reservations::amount))
-                    .order(stock_reservations::key.asc())
-                    .load(conn)?;
-                if open.is_empty() {
-                    return Ok(Outcome::NotTried);
-                }
-                for (key, amount) in &open {
-                    let n = if op == Op::Confirm {
-                        diesel::update(stock::table.find(key).filter(stock::locked.ge(amount)))
-                            .set((
-                                stock::locked.eq(stock::locked - amount),
-                                stock::consumed.eq(stock::consumed + amount),
-                                stock::version.eq(stock::version + 1),
-                                stock::updated_at.eq(now),
+                        if n == 0 {
+                            return Err(Abort::Insufficient(it.key.clone()));
+                        }
+                        diesel::insert_into(stock_reservations::table)
+                            .values((
+                                stock_reservations::gid.eq(gid),
+                                stock_reservations::branch_id.eq(branch_id),
+                                stock_reservations::key.eq(&it.key),
+                                stock_reservations::amount.eq(it.amount),
+                                stock_reservations::state.eq(LOCKED),
+                                stock_reservations::created_at.eq(now),
+                                stock_reservations::updated_at.eq(now),
                             ))
-                            .execute(conn)?
-                    } else {
-                        diesel::update(stock::table.find(key).filter(stock::locked.ge(amount)))
-                            .set((
-                                stock::locked.eq(stock::locked - amount),
-                                stock::available.eq(stock::available + amount),
-                                stock::version.eq(stock::version + 1),
-                                stock::updated_at.eq(now),
-                            ))
-                            .execute(conn)?
-                    };
-                    if n == 0 {
-                        // A reservation row without its locked stock means the row was edited
-                        // behind our back; refuse rather than go negative.
-                        return Err(Abort::Db(DieselError::QueryBuilderError(
-                            format!(
-                                "stock {key} has less locked than reservation {gid}/{branch_id}"
-                            )
-                            .into(),
-                        )));
+                            .execute(conn)?;
                     }
+                    Ok((Outcome::Proceed, Vec::new()))
                 }
-                let state = if op == Op::Confirm {
-                    CONSUMED
-                } else {
-                    RELEASED
-                };
-                diesel::update(
-                    stock_reservations::table
+                Op::Confirm | Op::Cancel => {
+                    // Move exactly what this branch's Try reserved here, whatever the payload says.
+                    let open: Vec<(String, i64)> = stock_reservations::table
                         .filter(stock_reservations::gid.eq(gid))
                         .filter(stock_reservations::branch_id.eq(branch_id))
-                        .filter(stock_reservations::state.eq(LOCKED)),
-                )
-                .set((
-                    stock_reservations::state.eq(state),
-                    stock_reservations::updated_at.eq(now),
-                ))
-                .execute(conn)?;
-                Ok(Outcome::Proceed)
+                        .filter(stock_reservations::state.eq(LOCKED))
+                        .select((stock_reservations::key, stock_reservations::amount))
+                        .order(stock_reservations::key.asc())
+                        .load(conn)?;
+                    if open.is_empty() {
+                        return Ok((Outcome::NotTried, Vec::new()));
+                    }
+                    for (key, amount) in &open {
+                        let n = if op == Op::Confirm {
+                            diesel::update(stock::table.find(key).filter(stock::locked.ge(amount)))
+                                .set((
+                                    stock::locked.eq(stock::locked - amount),
+                                    stock::consumed.eq(stock::consumed + amount),
+                                    stock::version.eq(stock::version + 1),
+                                    stock::updated_at.eq(now),
+                                ))
+                                .execute(conn)?
+                        } else {
+                            diesel::update(stock::table.find(key).filter(stock::locked.ge(amount)))
+                                .set((
+                                    stock::locked.eq(stock::locked - amount),
+                                    stock::available.eq(stock::available + amount),
+                                    stock::version.eq(stock::version + 1),
+                                    stock::updated_at.eq(now),
+                                ))
+                                .execute(conn)?
+                        };
+                        if n == 0 {
+                            // A reservation row without its locked stock means the row was edited
+                            // behind our back; refuse rather than go negative.
+                            return Err(Abort::Db(DieselError::QueryBuilderError(
+                                format!(
+                                    "stock {key} has less locked than reservation {gid}/{branch_id}"
+                                )
+                                .into(),
+                            )));
+                        }
+                    }
+                    let state = if op == Op::Confirm {
+                        CONSUMED
+                    } else {
+                        RELEASED
+                    };
+                    diesel::update(
+                        stock_reservations::table
+                            .filter(stock_reservations::gid.eq(gid))
+                            .filter(stock_reservations::branch_id.eq(branch_id))
+                            .filter(stock_reservations::state.eq(LOCKED)),
+                    )
+                    .set((
+                        stock_reservations::state.eq(state),
+                        stock_reservations::updated_at.eq(now),
+                    ))
+                    .execute(conn)?;
+                    Ok((Outcome::Proceed, open))
+                }
             }
-        }
-    }));
+        }));
     match result {
-        Ok(o) => Ok(SqlOutcome::Done(o)),
+        Ok((o, moved)) => Ok(SqlOutcome::Done(o, moved)),
         Err(Abort::Insufficient(key)) => Ok(SqlOutcome::Insufficient(key)),
         Err(Abort::Db(e)) => Err(StoreError::from(e)),
     }

@@ -186,6 +186,7 @@ fn default_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(crate::http::server::CLIENT_IDLE)
         .build()
         .expect("the HTTP client's settings are valid")
 }

@@ -11,7 +11,7 @@ use reqwest::Method;
 use support::stock::*;
 use support::*;
 
-backend_tests!(redis_down_then_back_empty);
+backend_tests!(redis_down_then_back_empty, starts_before_its_redis);
 
 async fn readyz(svc: &StockService) -> u16 {
     svc.api.call(Method::GET, "/readyz", None).await.0
@@ -39,6 +39,27 @@ async fn redis_down_then_back_empty(backend: Backend) {
     .await;
     let (code, body) = svc.api.call(Method::GET, "/healthz", None).await;
     assert_eq!(code, 200, "/healthz while Redis is down: {body:#}");
+    // The database's numbers stay visible, with the reason Redis's are missing.
+    let (code, view) = svc.get_stock("k").await;
+    assert_eq!(code, 200, "GET stock while Redis is down: {view:#}");
+    assert_eq!(
+        Counters::from_json(&view["db"]),
+        Some(Counters::new(7, 3, 0)),
+        "{view:#}"
+    );
+    assert!(
+        view["redis"].is_null() && view["redis_error"].is_string(),
+        "{view:#}"
+    );
+    assert_eq!(view["consistent"], false, "{view:#}");
+    // Setting stock needs both stores: refused, and the database unchanged.
+    let (code, body) = svc.put_stock("k", 50).await;
+    assert_eq!(code, 503, "PUT while Redis is down: {body:#}");
+    let (code, body) = svc.api.call(Method::GET, "/v1/consistency", None).await;
+    assert_eq!(
+        code, 503,
+        "a consistency check that cannot read Redis: {body:#}"
+    );
 
     // A Try while Redis is down: a 5xx with a clear message (the coordinator will cancel the
     // branch), and nothing reserved in the database.
@@ -94,4 +115,42 @@ async fn redis_down_then_back_empty(backend: Backend) {
     svc.assert_both("k", Counters::new(3, 4, 3), "after Redis came back")
         .await;
     assert_invariants(&svc, &ledger, "at the end").await;
+}
+
+/// A stock service started while its Redis is down waits for it (it does not exit), then
+/// serves once Redis answers.
+async fn starts_before_its_redis(backend: Backend) {
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    redis.stop().await;
+    let db = backend.create_db().await;
+    let args: Vec<String> = [
+        "--name",
+        "inventory",
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        &db.url,
+        "--redis-url",
+        &url,
+        "--namespace",
+        "late_redis",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // `start_async` returns once the service prints its `listening on` line.
+    let starting = tokio::spawn(Process::start_async("stock", args, Vec::new()));
+    redis.start_again().await;
+    let process = starting.await.expect("start task");
+    let api = StockApi::new(&process.base_url());
+    let (code, view) = api
+        .call(Method::PUT, "/v1/stock/k", Some(&json!({"available": 5})))
+        .await;
+    assert_eq!(code, 200, "PUT after a late Redis: {view:#}");
+    assert_eq!(view["consistent"], true, "{view:#}");
+    let (code, body) = api.call(Method::GET, "/readyz", None).await;
+    assert_eq!(code, 200, "{body:#}");
+    drop(process);
+    redis.stop().await;
 }

@@ -26,7 +26,7 @@ impl Invoker {
         let client = reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(request_timeout.min(Duration::from_secs(3)))
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(crate::http::server::CLIENT_IDLE)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Invoker { client })

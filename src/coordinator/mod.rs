@@ -66,7 +66,8 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), String> {
             .route("/metrics", web::get().to(api::metrics))
             .default_service(web::to(unknown_route))
     })
-    .shutdown_timeout(30);
+    .shutdown_timeout(30)
+    .keep_alive(crate::http::server::KEEP_ALIVE);
     if let Some(w) = args.workers {
         server = server.workers(w.max(1));
     }

@@ -1,10 +1,19 @@
 //! Start-up pieces every service shares.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use actix_web::HttpResponse;
 
 use super::error::ApiError;
+
+/// How long tccd's servers keep an idle connection open. Clients (tccd's own included) keep
+/// idle pooled connections for less than this ([`CLIENT_IDLE`]), so a request never races the
+/// server closing the connection it was sent on.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(90);
+
+/// How long tccd's HTTP clients keep an idle pooled connection.
+pub const CLIENT_IDLE: Duration = Duration::from_secs(30);
 
 /// The one stdout line that tells a caller where the service listens (logs go to stderr).
 pub fn announce(addrs: &[SocketAddr]) {

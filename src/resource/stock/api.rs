@@ -136,12 +136,16 @@ fn counters(c: &Counters) -> Value {
 }
 
 fn key_view(v: &KeyView) -> Value {
-    json!({
+    let mut view = json!({
         "key": v.row.key,
         "db": counters(&v.row.counters()),
         "redis": v.redis.as_ref().map(counters),
         "consistent": v.consistent(),
-    })
+    });
+    if let Some(e) = &v.redis_error {
+        view["redis_error"] = json!(e);
+    }
+    view
 }
 
 #[derive(Deserialize)]

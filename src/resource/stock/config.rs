@@ -58,6 +58,8 @@ impl StockArgs {
     pub fn validate(&self) -> Result<(), String> {
         crate::validate::resource_name("--name", &self.name).map_err(|e| e.message)?;
         crate::db::Backend::from_url(&self.database_url())?;
+        redis::Client::open(self.redis_url.as_str())
+            .map_err(|e| format!("bad --redis-url {}: {e}", self.redis_url))?;
         let ns = self.namespace();
         if ns.is_empty() || ns.len() > 64 || ns.contains(char::is_whitespace) {
             return Err("--namespace must be 1 to 64 characters without spaces".into());

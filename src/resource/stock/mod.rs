@@ -33,7 +33,7 @@ pub async fn run(args: StockArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())??;
     let namespace = args.namespace();
-    let cache = cache::Cache::connect(&args.redis_url, &namespace, args.barrier_ttl_secs).await?;
+    let cache = connect_redis(&args.redis_url, &namespace, args.barrier_ttl_secs).await;
     log::info!(
         "stock {}: database {}, Redis namespace {namespace}",
         args.name,
@@ -57,7 +57,8 @@ pub async fn run(args: StockArgs) -> Result<(), String> {
             .route("/healthz", web::get().to(healthz))
             .default_service(web::to(unknown_route))
     })
-    .shutdown_timeout(30);
+    .shutdown_timeout(30)
+    .keep_alive(crate::http::server::KEEP_ALIVE);
     if let Some(w) = args.workers {
         server = server.workers(w.max(1));
     }
@@ -86,6 +87,20 @@ pub async fn run(args: StockArgs) -> Result<(), String> {
     }
     log::info!("stock {} stopped", args.name);
     served.map_err(|e| e.to_string())
+}
+
+/// Connects to Redis, waiting (with a log line per attempt) until it answers: a service started
+/// before its Redis comes up serves once Redis does.
+async fn connect_redis(url: &str, namespace: &str, ttl_secs: u64) -> cache::Cache {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match cache::Cache::connect(url, namespace, ttl_secs).await {
+            Ok(c) => return c,
+            Err(e) => log::warn!("{e}; retrying in {delay:?}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Registers this service with the coordinator, retrying with capped backoff until it answers.

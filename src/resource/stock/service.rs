@@ -44,6 +44,8 @@ pub struct Stock {
 pub struct KeyView {
     pub row: StockRow,
     pub redis: Option<Counters>,
+    /// Why Redis could not be read (the database's numbers are still shown).
+    pub redis_error: Option<String>,
 }
 
 impl KeyView {
@@ -291,6 +293,8 @@ impl Stock {
     /// Sets a key's available stock in the database, then mirrors the row to Redis.
     pub async fn put(&self, key: &str, available: i64) -> Result<KeyView, ApiError> {
         let _lock = self.locks.exclusive(key).await;
+        // Refuse before writing anything if Redis cannot take the new row.
+        self.cache.ping().await.map_err(|e| self.redis_error(e))?;
         let k = key.to_string();
         let row = self
             .pool
@@ -305,9 +309,12 @@ impl Stock {
         Ok(KeyView {
             redis: Some(row.counters()),
             row,
+            redis_error: None,
         })
     }
 
+    /// A key in both stores. While Redis is down the database's numbers are still answered,
+    /// with `redis_error` saying why Redis is missing.
     pub async fn get(&self, key: &str) -> Result<Option<KeyView>, ApiError> {
         let k = key.to_string();
         let Some(row) = self
@@ -318,12 +325,7 @@ impl Stock {
         else {
             return Ok(None);
         };
-        let redis = self
-            .cache
-            .read(key)
-            .await
-            .map_err(|e| self.redis_error(e))?;
-        Ok(Some(KeyView { row, redis }))
+        Ok(Some(self.with_redis(row).await))
     }
 
     pub async fn list(&self) -> Result<Vec<KeyView>, ApiError> {
@@ -334,14 +336,27 @@ impl Stock {
             .map_err(|e| self.db_error(e))?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let redis = self
-                .cache
-                .read(&row.key)
-                .await
-                .map_err(|e| self.redis_error(e))?;
-            out.push(KeyView { row, redis });
+            out.push(self.with_redis(row).await);
         }
         Ok(out)
+    }
+
+    async fn with_redis(&self, row: StockRow) -> KeyView {
+        match self.cache.read(&row.key).await {
+            Ok(redis) => KeyView {
+                row,
+                redis,
+                redis_error: None,
+            },
+            Err(e) => {
+                let _ = self.redis_error(e);
+                KeyView {
+                    row,
+                    redis: None,
+                    redis_error: Some("Redis is unavailable".into()),
+                }
+            }
+        }
     }
 
     /// Compares every key in both stores, each under its exclusive lock so no reservation is
@@ -362,6 +377,13 @@ impl Stock {
             let Some(view) = self.get(key).await? else {
                 continue;
             };
+            if view.redis_error.is_some() {
+                // A check that cannot read Redis must fail, not report every key as differing.
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "Redis is unavailable; retry later.",
+                ));
+            }
             if view.consistent() {
                 continue;
             }

@@ -183,8 +183,13 @@ impl Stock {
             }
             return match self.sql(op, gid, branch_id, &items).await? {
                 SqlOutcome::Done(o, sql_moved) => {
-                    self.mirror_lost(op, gid, branch_id, &items, &redis_moved, &sql_moved)
-                        .await?;
+                    // A Redis duplicate already moved this op's stock on an earlier call (one
+                    // that failed before reaching the database); anything else that moved
+                    // nothing in Redis means Redis had lost the reservation.
+                    if redis_outcome != Outcome::Duplicate {
+                        self.mirror_lost(op, gid, branch_id, &items, &redis_moved, &sql_moved)
+                            .await?;
+                    }
                     Ok(o)
                 }
                 SqlOutcome::Insufficient(key) => {

@@ -218,8 +218,9 @@ pub trait DbConn: Connection + Sized {
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: From<DieselError>;
 
-    /// Like `write_txn`, for writes that recovery can redo or rebuild: on Postgres the commit
-    /// does not wait for the WAL flush (`synchronous_commit = off` for this transaction only).
+    /// Like `write_txn`, for writes that recovery can redo or rebuild: the commit does not wait
+    /// for the WAL flush (Postgres: `synchronous_commit = off` for this transaction only;
+    /// SQLite: `synchronous = NORMAL` around it).
     /// A crash may lose the last such commits, never reorder them before a durable one.
     fn relaxed_txn<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
@@ -241,7 +242,15 @@ impl DbConn for SqliteConnection {
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: From<DieselError>,
     {
-        self.immediate_transaction(f)
+        // In WAL mode, synchronous=NORMAL commits without syncing the WAL; the next FULL
+        // commit syncs it, this one included, so order is kept. Set per connection, outside
+        // the transaction, and put back whatever happens.
+        self.batch_execute("PRAGMA synchronous = NORMAL")?;
+        let result = self.immediate_transaction(f);
+        let restored = self.batch_execute("PRAGMA synchronous = FULL");
+        let value = result?;
+        restored?;
+        Ok(value)
     }
 }
 

@@ -9,6 +9,9 @@ TCCD := ./target/release/tccd
 TEST_ARGS ?= --features failpoints --all-targets -- --test-threads=4
 # Store for `make demo`: sqlite (files under target/demo/) or postgres.
 DB ?= sqlite
+# Extra flags of `tccd bench` (see ./target/release/tccd bench --help); e.g.
+# make bench BENCH_ARGS='--backends postgres --duration-secs 60'
+BENCH_ARGS ?=
 
 ifneq ($(filter demo,$(MAKECMDGOALS)),)
 ifeq ($(filter $(DB),sqlite postgres),)
@@ -19,7 +22,7 @@ endif
 # Runs on exit (success, failure, Ctrl-C) of a recipe that started services.
 STOP_ON_EXIT = trap 'exit 130' INT; trap 'exit 143' TERM; trap '$(SERVICES) stop $(1)' EXIT
 
-.PHONY: help packages build test lint demo run bench clean dtm-venv
+.PHONY: help packages build test lint demo run bench bench-scale clean dtm-venv
 
 # DTM's Python client, for the DTM-compatibility tests.
 DTM_VENV := target/dtm-venv
@@ -27,8 +30,8 @@ DTMCLI_VERSION := 1.7.7.0
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk -F':.*## ' '{ printf "  make %-9s %s\n", $$1, $$2 }'
-	@echo "  variables: DB=sqlite|postgres (demo), TEST_ARGS='...' (test)"
+		awk -F':.*## ' '{ printf "  make %-11s %s\n", $$1, $$2 }'
+	@echo "  variables: DB=sqlite|postgres (demo), TEST_ARGS='...' (test), BENCH_ARGS='...' (bench)"
 
 packages: ## install or name the missing system packages (redis, postgresql, libpq/sqlite/ssl dev)
 	@$(SERVICES) ensure-packages
@@ -68,13 +71,24 @@ demo: packages build ## run the demo scenario (DB=sqlite|postgres) on a private 
 run: ## run the coordinator (cargo run --release -- coordinator)
 	cargo run --release -- coordinator
 
-bench: packages build ## run the benchmark against Postgres and Redis
+bench: packages build ## checkout benchmark: coordinated vs baseline on Postgres and SQLite
 	@$(call STOP_ON_EXIT,postgres redis); \
 	pg=$$($(SERVICES) ensure-postgres); \
 	redis=$$($(SERVICES) ensure-redis); \
 	export TCCD_BENCH_PG_URL="$$pg" TCCD_BENCH_REDIS_URL="$$redis"; \
 	echo "make bench: Postgres $$pg, Redis $$redis"; \
-	$(TCCD) bench
+	$(TCCD) bench $(BENCH_ARGS)
+
+bench-scale: packages build ## coordinated tx/s with 1 thousand vs 1 million finished transactions
+	@$(call STOP_ON_EXIT,postgres redis); \
+	pg=$$($(SERVICES) ensure-postgres); \
+	redis=$$($(SERVICES) ensure-redis); \
+	export TCCD_BENCH_PG_URL="$$pg" TCCD_BENCH_REDIS_URL="$$redis"; \
+	echo "make bench-scale: Postgres $$pg, Redis $$redis"; \
+	$(TCCD) bench --backends postgres --modes coordinated --prefill 1000 \
+		--out target/bench/scale-1k.json $(BENCH_ARGS); \
+	$(TCCD) bench --backends postgres --modes coordinated --prefill 1000000 \
+		--out target/bench/scale-1m.json --compare-with target/bench/scale-1k.json $(BENCH_ARGS)
 
 clean: ## stop private services, cargo clean, remove target/demo
 	$(SERVICES) stop

@@ -1,5 +1,6 @@
 use clap::{Parser, Subcommand};
 
+use tccd::bench::{self, BenchArgs};
 use tccd::coordinator::{self, CoordinatorArgs};
 use tccd::demo::{self, DemoArgs};
 use tccd::resource::stock::{self, StockArgs};
@@ -20,6 +21,9 @@ enum Command {
     Stock(StockArgs),
     /// Run the demo: start a coordinator and two stock services, play the scenarios.
     Demo(DemoArgs),
+    /// Run the benchmark: a coordinator and two stock services under the checkout workload,
+    /// coordinated vs baseline, on Postgres and SQLite; a table on stdout and a JSON report.
+    Bench(BenchArgs),
 }
 
 fn main() {
@@ -35,6 +39,7 @@ fn main() {
             Command::Coordinator(args) => coordinator::run(args).await,
             Command::Stock(args) => stock::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     if let Err(e) = result {

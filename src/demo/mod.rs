@@ -209,7 +209,7 @@ enum Stop {
     Signal(&'static str),
 }
 
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+pub fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {
@@ -220,13 +220,13 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// SIGINT and SIGTERM.
-struct Signals {
+pub struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> Result<Signals, String> {
+    pub fn new() -> Result<Signals, String> {
         use tokio::signal::unix::{SignalKind, signal};
         let err = |e: std::io::Error| format!("cannot listen for signals: {e}");
         Ok(Signals {
@@ -235,7 +235,7 @@ impl Signals {
         })
     }
 
-    async fn recv(&mut self) -> &'static str {
+    pub async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.int.recv() => "SIGINT",
             _ = self.term.recv() => "SIGTERM",
@@ -424,7 +424,7 @@ fn lock(procs: &Arc<Mutex<Procs>>) -> std::sync::MutexGuard<'_, Procs> {
 }
 
 /// Polls the coordinator until every resource is registered.
-async fn wait_registered(
+pub async fn wait_registered(
     coord: &CoordinatorClient,
     names: &[&str],
     procs: &Arc<Mutex<Procs>>,

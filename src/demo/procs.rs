@@ -64,6 +64,10 @@ pub struct Procs {
     exe: PathBuf,
     logs: PathBuf,
     running: Vec<Running>,
+    /// Who starts them, in the log files' markers (`tccd demo`, `tccd bench`).
+    label: String,
+    /// Environment variables set in every child (after the `TCCD_*` ones are removed).
+    env: Vec<(String, String)>,
 }
 
 impl Procs {
@@ -73,7 +77,21 @@ impl Procs {
             exe,
             logs,
             running: Vec::new(),
+            label: "tccd demo".into(),
+            env: Vec::new(),
         }
+    }
+
+    /// Names the starter in the log files' markers (default `tccd demo`).
+    pub fn labelled(mut self, label: &str) -> Procs {
+        self.label = label.to_string();
+        self
+    }
+
+    /// Sets an environment variable in every child started from now on (e.g. `RUST_LOG`).
+    pub fn with_env(mut self, key: &str, value: &str) -> Procs {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Starts `tccd <subcommand> <args>` as `role` (also the log file's name). Its stdout and
@@ -100,7 +118,8 @@ impl Procs {
         let mut marker = open()?;
         let _ = writeln!(
             marker,
-            "===== tccd demo: starting tccd {subcommand} {} =====",
+            "===== {}: starting tccd {subcommand} {} =====",
+            self.label,
             args.join(" ")
         );
         let stderr = open()?;
@@ -116,6 +135,9 @@ impl Procs {
             {
                 cmd.env_remove(k);
             }
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -169,7 +191,10 @@ impl Procs {
         let mut r = self.running.remove(i);
         let pid = r.child.id();
         kill_and_reap(&mut r.child);
-        append(&r.log, "===== tccd demo: killed with SIGKILL =====");
+        append(
+            &r.log,
+            &format!("===== {}: killed with SIGKILL =====", self.label),
+        );
         Ok(pid)
     }
 
@@ -215,7 +240,7 @@ impl Procs {
     pub fn stop_all(&mut self) {
         for mut r in self.running.drain(..) {
             kill_and_reap(&mut r.child);
-            append(&r.log, "===== tccd demo: stopped =====");
+            append(&r.log, &format!("===== {}: stopped =====", self.label));
         }
     }
 }

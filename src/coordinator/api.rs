@@ -500,34 +500,37 @@ async fn commit(
             format!("Transaction {gid} is {s} and cannot commit."),
             s,
         )),
-        Decide::Expired(_) => {
+        Decide::Expired(input) => {
             engine
                 .metrics
                 .transition(Some(TxStatus::Trying), TxStatus::Aborting);
             log::info!("gid={gid} trying -> aborting (commit after expiry)");
-            let s = engine.drive(&gid).await?.unwrap_or(TxStatus::Aborting);
+            let s = engine.drive_loaded(input).await?.status;
             Err(conflict_status(
                 format!("Transaction {gid} expired before the commit and is aborted."),
                 s,
             ))
         }
-        Decide::Decided(_) => {
+        Decide::Decided(input) => {
             engine
                 .metrics
                 .transition(Some(TxStatus::Trying), TxStatus::Committing);
             log::info!("gid={gid} trying -> committing");
             crash_point("coord_after_decision");
-            if wait {
-                engine.drive(&gid).await?;
-            } else {
-                let g = gid.clone();
+            if !wait {
+                // The decision is durable: answer 202 with it now, confirm in the background.
+                let answer = HttpResponse::Accepted().json(view::transaction(&input.0, &input.1));
                 tokio::spawn(async move {
-                    if let Err(e) = engine.drive(&g).await {
-                        log::warn!("gid={g} background commit: {e}; recovery will retry");
+                    if let Err(e) = engine.drive_loaded(input).await {
+                        log::warn!("gid={gid} background commit: {e}; recovery will retry");
                     }
                 });
+                return Ok(answer);
             }
-            current(&data, &gid).await
+            match engine.drive_loaded(input).await?.rows {
+                Some((tx, branches)) => Ok(answer_for(&tx, &branches)),
+                None => current(&data, &gid).await,
+            }
         }
     }
 }
@@ -572,15 +575,20 @@ async fn load(data: &Data, gid: &str) -> Result<(TxRow, Vec<store::BranchRow>), 
         .ok_or_else(|| no_tx(gid))
 }
 
-/// The transaction as it is now: 200 when final, 202 while phase two goes on.
-async fn current(data: &Data, gid: &str) -> Answer {
-    let (tx, branches) = load(data, gid).await?;
+/// 200 when final, 202 while phase two goes on.
+fn answer_for(tx: &TxRow, branches: &[store::BranchRow]) -> HttpResponse {
     let mut answer = if tx.status().is_final() {
         HttpResponse::Ok()
     } else {
         HttpResponse::Accepted()
     };
-    Ok(answer.json(view::transaction(&tx, &branches)))
+    answer.json(view::transaction(tx, branches))
+}
+
+/// The transaction as it is now: 200 when final, 202 while phase two goes on.
+async fn current(data: &Data, gid: &str) -> Answer {
+    let (tx, branches) = load(data, gid).await?;
+    Ok(answer_for(&tx, &branches))
 }
 
 fn no_tx(gid: &str) -> ApiError {

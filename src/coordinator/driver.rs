@@ -9,7 +9,7 @@ use futures::future::join_all;
 use super::invoker::Invoker;
 use super::metrics::Metrics;
 use super::model::{CallOutcome, TxStatus, backoff_ms};
-use super::store::{self, Decide, Decision, DriveResult, Finish};
+use super::store::{self, Decide, Decision, DriveInput, DriveResult, Finish, TxWithBranches};
 use crate::db::{Pool, StoreError};
 use crate::failpoints::crash_point;
 use crate::time::now_ms;
@@ -22,6 +22,13 @@ pub struct EngineConfig {
     pub retry_cap_ms: u64,
     pub stuck_after_attempts: i64,
     pub alert_webhook: Option<String>,
+}
+
+/// What a phase-two pass left behind.
+pub struct Driven {
+    pub status: TxStatus,
+    /// The transaction and its branches as the pass left them, when known without a read.
+    pub rows: Option<TxWithBranches>,
 }
 
 pub struct Engine {
@@ -55,35 +62,47 @@ impl Engine {
             .await?;
         match decided {
             Decide::NotFound => Ok(None),
-            Decide::Decided(_) | Decide::Expired(_) => {
+            Decide::Decided(input) | Decide::Expired(input) => {
                 self.metrics
                     .transition(Some(TxStatus::Trying), TxStatus::Aborting);
                 log::info!("gid={gid} trying -> aborting ({reason})");
                 crash_point("coord_after_decision");
-                self.drive(gid).await
+                Ok(Some(self.drive_loaded(input).await?.status))
             }
             Decide::Unchanged(s) => Ok(Some(s)),
             Decide::BranchOpen(_) => Ok(Some(TxStatus::Trying)),
         }
     }
 
-    /// One phase-two pass over a transaction whose lease this process holds. Every branch that
-    /// still needs the call gets it, concurrently; then one write records the results and, if
-    /// nothing is left open, the final status. Returns the status afterwards.
+    /// Loads a transaction and runs one phase-two pass over it (see [`Engine::drive_loaded`]).
     pub async fn drive(&self, gid: &str) -> Result<Option<TxStatus>, StoreError> {
         let g = gid.to_string();
-        let Some((tx, branches, resources)) =
-            self.pool.run(move |p| store::load_for_drive(p, &g)).await?
-        else {
+        let Some(input) = self.pool.run(move |p| store::load_for_drive(p, &g)).await? else {
             return Ok(None);
         };
+        Ok(Some(self.drive_loaded(input).await?.status))
+    }
+
+    /// One phase-two pass over a transaction whose lease this process holds. Every branch that
+    /// still needs the call gets it, concurrently; then one write records the results and, if
+    /// nothing is left open, the final status. Returns the status afterwards, with the rows when
+    /// this pass wrote them.
+    pub async fn drive_loaded(&self, input: DriveInput) -> Result<Driven, StoreError> {
+        let (tx, branches, resources) = input;
+        let gid = tx.gid.as_str();
         let from = tx.status();
         let Some(op) = from.phase_two() else {
-            return Ok(Some(from));
+            return Ok(Driven {
+                status: from,
+                rows: None,
+            });
         };
         if tx.lease_owner.as_deref() != Some(self.cfg.owner.as_str()) {
             // Somebody else drives it; leave it to them.
-            return Ok(Some(from));
+            return Ok(Driven {
+                status: from,
+                rows: None,
+            });
         }
         let targets: Vec<_> = branches.iter().filter(|b| b.status().needs(op)).collect();
         let dtm = super::dtm::Options::of(&tx);
@@ -150,12 +169,15 @@ impl Engine {
             })
             .await?;
         match finish {
-            Finish::Final(to) => {
+            Finish::Final(to, rows) => {
                 self.metrics.transition(Some(from), to);
                 log::info!("gid={gid} {from} -> {to}");
-                Ok(Some(to))
+                Ok(Driven {
+                    status: to,
+                    rows: Some(rows),
+                })
             }
-            Finish::Retry(attempts) => {
+            Finish::Retry(attempts, rows) => {
                 log::warn!(
                     "gid={gid} {from}: {op} attempt {attempts} incomplete, retry in {delay} ms"
                 );
@@ -165,15 +187,18 @@ impl Engine {
                     );
                     self.alert_stuck(gid, from, attempts);
                 }
-                Ok(Some(from))
+                Ok(Driven {
+                    status: from,
+                    rows: Some(rows),
+                })
             }
             Finish::Lost => {
                 let g = gid.to_string();
-                Ok(self
-                    .pool
-                    .run(move |p| store::get_tx(p, &g))
-                    .await?
-                    .map(|(t, _)| t.status()))
+                let rows = self.pool.run(move |p| store::get_tx(p, &g)).await?;
+                Ok(Driven {
+                    status: rows.as_ref().map_or(from, |(t, _)| t.status()),
+                    rows,
+                })
             }
         }
     }

@@ -322,16 +322,16 @@ async fn submit(data: Data, JsonBody(body): JsonBody<GidBody>) -> Answer {
             "Transaction {gid} is {} and cannot be submitted.",
             dtm_status(s)
         ))),
-        Decide::Expired(_) => {
+        Decide::Expired(input) => {
             engine
                 .metrics
                 .transition(Some(TxStatus::Trying), TxStatus::Aborting);
-            engine.drive(&gid).await?;
+            engine.drive_loaded(input).await?;
             Err(failure(format!(
                 "Transaction {gid} timed out before the submit and is aborted."
             )))
         }
-        Decide::Decided(tx) => {
+        Decide::Decided(input) => {
             engine
                 .metrics
                 .transition(Some(TxStatus::Trying), TxStatus::Committing);
@@ -339,20 +339,19 @@ async fn submit(data: Data, JsonBody(body): JsonBody<GidBody>) -> Answer {
             crate::failpoints::crash_point("coord_after_decision");
             let wait = body
                 .wait_result
-                .or(Options::of(&tx).wait_result)
+                .or(Options::of(&input.0).wait_result)
                 .unwrap_or(false);
             if wait {
-                let status = engine.drive(&gid).await?;
-                return Ok(if status == Some(TxStatus::Committed) {
+                let status = engine.drive_loaded(input).await?.status;
+                return Ok(if status == TxStatus::Committed {
                     success()
                 } else {
                     ongoing(&gid)
                 });
             }
-            let g = gid.clone();
             tokio::spawn(async move {
-                if let Err(e) = engine.drive(&g).await {
-                    log::warn!("gid={g} background submit: {e}; recovery will retry");
+                if let Err(e) = engine.drive_loaded(input).await {
+                    log::warn!("gid={gid} background submit: {e}; recovery will retry");
                 }
             });
             Ok(success())

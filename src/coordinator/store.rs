@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use diesel::prelude::*;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use super::model::{BranchStatus, CallOutcome, Op, TxStatus};
 use crate::db::schema::{branches, resources, transactions};
@@ -152,12 +151,50 @@ impl CoordConn for PgConnection {
     }
 }
 
-fn is_unique_violation(e: &DieselError) -> bool {
-    matches!(
-        e,
-        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
-    )
+/// Reads that are the same on every backend, used inside the local transactions below.
+trait CoordReads {
+    fn branches_of(&mut self, gid: &str) -> QueryResult<Vec<BranchRow>>;
+    fn resources_of(&mut self, branches: &[BranchRow])
+    -> QueryResult<HashMap<String, ResourceRow>>;
 }
+
+macro_rules! impl_coord_reads {
+    ($conn:ty) => {
+        impl CoordReads for $conn {
+            fn branches_of(&mut self, gid: &str) -> QueryResult<Vec<BranchRow>> {
+                branches::table
+                    .filter(branches::gid.eq(gid))
+                    .select(BranchRow::as_select())
+                    .order((branches::created_at.asc(), branches::branch_id.asc()))
+                    .load(self)
+            }
+
+            fn resources_of(
+                &mut self,
+                branches: &[BranchRow],
+            ) -> QueryResult<HashMap<String, ResourceRow>> {
+                let names: Vec<&str> = branches
+                    .iter()
+                    .map(|b| b.resource.as_str())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                if names.is_empty() {
+                    return Ok(HashMap::new());
+                }
+                Ok(resources::table
+                    .filter(resources::name.eq_any(&names))
+                    .select(ResourceRow::as_select())
+                    .load::<ResourceRow>(self)?
+                    .into_iter()
+                    .map(|r| (r.name.clone(), r))
+                    .collect())
+            }
+        }
+    };
+}
+
+impl_coord_reads!(SqliteConnection);
+impl_coord_reads!(PgConnection);
 
 // ---------------------------------------------------------------------------------------------
 // Resources
@@ -257,31 +294,21 @@ pub enum Begin {
 /// waiting for the WAL flush: if a crash loses it, nothing was sent on its behalf yet and the
 /// client's next call finds no transaction.
 pub fn begin(pool: &Pool, row: TxRow) -> Result<Begin, StoreError> {
-    let gid = row.gid.clone();
-    let inserted: Result<Begin, StoreError> = with_conn!(pool, |conn| conn
-        .relaxed_txn(|conn| {
-            let existing: Option<TxRow> = transactions::table
-                .find(&gid)
-                .select(TxRow::as_select())
-                .first(conn)
-                .optional()?;
-            if let Some(tx) = existing {
-                return Ok::<_, DieselError>(Begin::Existing(tx));
-            }
-            diesel::insert_into(transactions::table)
-                .values(&row)
-                .execute(conn)?;
-            Ok(Begin::Created(row))
-        })
-        .map_err(StoreError::from));
-    match inserted {
-        // Two begins with one gid at the same instant: the loser reports the winner's row.
-        Err(StoreError::Query(e)) if is_unique_violation(&e) => match get_tx(pool, &gid)? {
-            Some((tx, _)) => Ok(Begin::Existing(tx)),
-            None => Err(StoreError::Query(e)),
-        },
-        other => other,
-    }
+    with_conn!(pool, |conn| conn.relaxed_txn(|conn| {
+        // Insert first: the common case is a new gid, one statement.
+        let inserted = diesel::insert_into(transactions::table)
+            .values(&row)
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        if inserted == 1 {
+            return Ok(Begin::Created(row));
+        }
+        let existing: TxRow = transactions::table
+            .find(&row.gid)
+            .select(TxRow::as_select())
+            .first(conn)?;
+        Ok(Begin::Existing(existing))
+    }))
 }
 
 pub fn get_tx(pool: &Pool, gid: &str) -> Result<Option<TxWithBranches>, StoreError> {
@@ -292,12 +319,7 @@ pub fn get_tx(pool: &Pool, gid: &str) -> Result<Option<TxWithBranches>, StoreErr
             .first(conn)
             .optional()?;
         let Some(tx) = tx else { return Ok(None) };
-        let branches = branches::table
-            .filter(branches::gid.eq(gid))
-            .select(BranchRow::as_select())
-            .order(branches::created_at.asc())
-            .then_order_by(branches::branch_id.asc())
-            .load(conn)?;
+        let branches = conn.branches_of(gid)?;
         Ok(Some((tx, branches)))
     })
 }
@@ -420,25 +442,9 @@ pub fn prepare_branch(pool: &Pool, new: NewBranch) -> Result<PrepareBranch, Stor
             return Ok(PrepareBranch::UnknownResource);
         };
         let mut seq = tx.branch_seq;
-        let branch_id = match &new.branch_id {
-            Some(id) => id.clone(),
-            None => loop {
-                // Skip numbers a client already took as explicit ids.
-                seq += 1;
-                let id = super::model::auto_branch_id(seq);
-                let taken = branches::table
-                    .find((&new.gid, &id))
-                    .count()
-                    .get_result::<i64>(conn)?
-                    > 0;
-                if !taken {
-                    break id;
-                }
-            },
-        };
-        let row = BranchRow {
+        let mut row = BranchRow {
             gid: new.gid.clone(),
-            branch_id,
+            branch_id: String::new(),
             resource: new.resource.clone(),
             status: BranchStatus::Trying.as_str().into(),
             payload: new.payload.clone(),
@@ -451,9 +457,26 @@ pub fn prepare_branch(pool: &Pool, new: NewBranch) -> Result<PrepareBranch, Stor
             confirm_url: None,
             cancel_url: None,
         };
-        diesel::insert_into(branches::table)
-            .values(&row)
-            .execute(conn)?;
+        match &new.branch_id {
+            Some(id) => {
+                row.branch_id = id.clone();
+                diesel::insert_into(branches::table)
+                    .values(&row)
+                    .execute(conn)?;
+            }
+            // The next number; one a client already took as an explicit id is skipped.
+            None => loop {
+                seq += 1;
+                row.branch_id = super::model::auto_branch_id(seq);
+                let inserted = diesel::insert_into(branches::table)
+                    .values(&row)
+                    .on_conflict_do_nothing()
+                    .execute(conn)?;
+                if inserted == 1 {
+                    break;
+                }
+            },
+        }
         diesel::update(transactions::table.find(&new.gid))
             .set((
                 transactions::branch_seq.eq(seq),
@@ -588,13 +611,14 @@ pub fn record_try(
 
 pub enum Decide {
     NotFound,
-    /// We moved the transaction and hold its lease: drive it.
-    Decided(TxRow),
+    /// We moved the transaction and hold its lease: drive it (everything phase two needs was
+    /// read in the same local transaction).
+    Decided(DriveInput),
     /// Nothing changed; the transaction is in this status.
     Unchanged(TxStatus),
     /// Commit asked after `expires_at`: the transaction was moved to aborting instead, and we
     /// hold its lease.
-    Expired(TxRow),
+    Expired(DriveInput),
     /// Commit asked while a branch's Try is still open or has failed.
     BranchOpen(String),
 }
@@ -654,12 +678,17 @@ pub fn decide(pool: &Pool, d: Decision<'_>) -> Result<Decide, StoreError> {
             status: to.as_str().into(),
             reason,
             updated_at: d.now,
+            lease_owner: Some(d.owner.to_string()),
+            due_at: d.now + d.lease_ms,
             ..tx
         };
+        let branches = conn.branches_of(d.gid)?;
+        let resources = conn.resources_of(&branches)?;
+        let input = (row, branches, resources);
         Ok(if expired {
-            Decide::Expired(row)
+            Decide::Expired(input)
         } else {
-            Decide::Decided(row)
+            Decide::Decided(input)
         })
     }))
 }
@@ -670,16 +699,17 @@ pub type DriveInput = (TxRow, Vec<BranchRow>, HashMap<String, ResourceRow>);
 /// What phase two needs: the transaction, its branches and their resources' current URLs
 /// (resolved now, so a re-registration redirects in-flight transactions).
 pub fn load_for_drive(pool: &Pool, gid: &str) -> Result<Option<DriveInput>, StoreError> {
-    let Some((tx, branches)) = get_tx(pool, gid)? else {
-        return Ok(None);
-    };
-    let names: Vec<&str> = branches.iter().map(|b| b.resource.as_str()).collect();
-    let resources = with_conn!(pool, |conn| resources::table
-        .filter(resources::name.eq_any(&names))
-        .select(ResourceRow::as_select())
-        .load::<ResourceRow>(conn)?);
-    let map = resources.into_iter().map(|r| (r.name.clone(), r)).collect();
-    Ok(Some((tx, branches, map)))
+    with_conn!(pool, |conn| {
+        let tx: Option<TxRow> = transactions::table
+            .find(gid)
+            .select(TxRow::as_select())
+            .first(conn)
+            .optional()?;
+        let Some(tx) = tx else { return Ok(None) };
+        let branches = conn.branches_of(gid)?;
+        let resources = conn.resources_of(&branches)?;
+        Ok(Some((tx, branches, resources)))
+    })
 }
 
 pub struct DriveResult<'a> {
@@ -695,10 +725,10 @@ pub struct DriveResult<'a> {
 }
 
 pub enum Finish {
-    /// The transaction reached its final status (we made the change).
-    Final(TxStatus),
-    /// Some branches still need the call: retry at `retry_at`; the new attempt count.
-    Retry(i64),
+    /// The transaction reached its final status (we made the change); its rows now.
+    Final(TxStatus, TxWithBranches),
+    /// Some branches still need the call: the new attempt count, and the rows now.
+    Retry(i64, TxWithBranches),
     /// Another driver took over or finished it first.
     Lost,
 }
@@ -713,37 +743,42 @@ pub fn finish_drive(pool: &Pool, r: DriveResult<'_>) -> Result<Finish, StoreErro
         let Some(tx) = conn.lock_tx(r.gid)? else {
             return Ok(Finish::Lost);
         };
+        let done: Vec<&str> = r
+            .calls
+            .iter()
+            .filter(|(_, res)| res.is_ok())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if !done.is_empty() {
+            diesel::update(
+                branches::table
+                    .filter(branches::gid.eq(r.gid))
+                    .filter(branches::branch_id.eq_any(&done)),
+            )
+            .set((
+                branches::status.eq(done_status.as_str()),
+                branches::attempts.eq(branches::attempts + 1),
+                branches::last_error.eq(None::<String>),
+                branches::updated_at.eq(r.now),
+            ))
+            .execute(conn)?;
+        }
         for (branch_id, result) in &r.calls {
-            let target = branches::table.find((r.gid, branch_id));
-            match result {
-                Ok(()) => diesel::update(target)
-                    .set((
-                        branches::status.eq(done_status.as_str()),
-                        branches::attempts.eq(branches::attempts + 1),
-                        branches::last_error.eq(None::<String>),
-                        branches::updated_at.eq(r.now),
-                    ))
-                    .execute(conn)?,
-                Err(e) => diesel::update(target)
+            if let Err(e) = result {
+                diesel::update(branches::table.find((r.gid, branch_id)))
                     .set((
                         branches::attempts.eq(branches::attempts + 1),
                         branches::last_error.eq(e),
                         branches::updated_at.eq(r.now),
                     ))
-                    .execute(conn)?,
-            };
+                    .execute(conn)?;
+            }
         }
         if tx.status() != r.from || tx.lease_owner.as_deref() != Some(r.owner) {
             return Ok(Finish::Lost);
         }
-        let statuses: Vec<String> = branches::table
-            .filter(branches::gid.eq(r.gid))
-            .select(branches::status)
-            .load(conn)?;
-        let open = statuses
-            .iter()
-            .filter(|s| BranchStatus::parse(s).is_some_and(|s| s.needs(r.op)))
-            .count();
+        let branches = conn.branches_of(r.gid)?;
+        let open = branches.iter().filter(|b| b.status().needs(r.op)).count();
         if open == 0 {
             let to = r.from.final_status().unwrap_or(r.from);
             diesel::update(transactions::table.find(r.gid))
@@ -755,7 +790,15 @@ pub fn finish_drive(pool: &Pool, r: DriveResult<'_>) -> Result<Finish, StoreErro
                     transactions::lease_owner.eq(None::<String>),
                 ))
                 .execute(conn)?;
-            return Ok(Finish::Final(to));
+            let tx = TxRow {
+                status: to.as_str().into(),
+                finished_at: Some(r.now),
+                updated_at: r.now,
+                next_retry_at: None,
+                lease_owner: None,
+                ..tx
+            };
+            return Ok(Finish::Final(to, (tx, branches)));
         }
         let error = r
             .calls
@@ -767,12 +810,21 @@ pub fn finish_drive(pool: &Pool, r: DriveResult<'_>) -> Result<Finish, StoreErro
                 transactions::attempts.eq(attempts),
                 transactions::next_retry_at.eq(r.retry_at),
                 transactions::due_at.eq(r.retry_at),
-                transactions::last_error.eq(error),
+                transactions::last_error.eq(&error),
                 transactions::updated_at.eq(r.now),
                 transactions::lease_owner.eq(None::<String>),
             ))
             .execute(conn)?;
-        Ok(Finish::Retry(attempts))
+        let tx = TxRow {
+            attempts,
+            next_retry_at: Some(r.retry_at),
+            due_at: r.retry_at,
+            last_error: error,
+            updated_at: r.now,
+            lease_owner: None,
+            ..tx
+        };
+        Ok(Finish::Retry(attempts, (tx, branches)))
     }))
 }
 

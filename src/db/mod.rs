@@ -98,6 +98,8 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
     }
 }
 
+/// Connections are not pinged on checkout (a round trip per query): a broken one fails its
+/// query, the caller answers 503, and r2d2 discards it.
 #[derive(Clone)]
 pub enum Pool {
     Sqlite(R2Pool<ConnectionManager<SqliteConnection>>),
@@ -119,6 +121,7 @@ impl Pool {
                 let pool = R2Pool::builder()
                     .max_size(max_size)
                     .min_idle(Some(1))
+                    .test_on_check_out(false)
                     .connection_timeout(Duration::from_secs(10))
                     .connection_customizer(Box::new(SqlitePragmas))
                     .build(ConnectionManager::<SqliteConnection>::new(path.as_str()))
@@ -129,6 +132,7 @@ impl Pool {
                 let pool = R2Pool::builder()
                     .max_size(max_size)
                     .min_idle(Some(1))
+                    .test_on_check_out(false)
                     .connection_timeout(Duration::from_secs(5))
                     .build(ConnectionManager::<PgConnection>::new(url.as_str()))
                     .map_err(|e| format!("cannot connect to Postgres: {e}"))?;

@@ -151,6 +151,7 @@ impl Engine {
         );
         let owner = self.cfg.owner.clone();
         let g = gid.to_string();
+        let (loaded_tx, loaded_branches) = (tx.clone(), branches.clone());
         let finish = self
             .pool
             .run(move |p| {
@@ -159,6 +160,8 @@ impl Engine {
                     DriveResult {
                         gid: &g,
                         owner: &owner,
+                        tx: loaded_tx,
+                        branches: loaded_branches,
                         from,
                         op,
                         calls: results,

@@ -584,10 +584,16 @@ pub fn record_try(
         _ => BranchStatus::Failed,
     };
     with_conn!(pool, |conn| conn.relaxed_txn(|conn| {
-        diesel::update(
+        // Recorded only while the transaction is still trying: once a decision is made, phase
+        // two owns the branch (and cancels it whatever its Try did).
+        let still_trying = transactions::table
+            .filter(transactions::gid.eq(gid))
+            .filter(transactions::status.eq(TxStatus::Trying.as_str()));
+        let updated = diesel::update(
             branches::table
                 .find((gid, branch_id))
-                .filter(branches::status.eq(BranchStatus::Trying.as_str())),
+                .filter(branches::status.eq(BranchStatus::Trying.as_str()))
+                .filter(diesel::dsl::exists(still_trying)),
         )
         .set((
             branches::status.eq(status.as_str()),
@@ -598,6 +604,9 @@ pub fn record_try(
             branches::updated_at.eq(now),
         ))
         .execute(conn)?;
+        if updated == 1 {
+            return Ok(TxStatus::Trying);
+        }
         let tx: String = transactions::table
             .find(gid)
             .select(transactions::status)
@@ -645,24 +654,20 @@ pub fn decide(pool: &Pool, d: Decision<'_>) -> Result<Decide, StoreError> {
         let mut to = d.to;
         let mut reason = d.reason.map(str::to_string);
         let mut expired = false;
+        let branches = conn.branches_of(d.gid)?;
         if to == TxStatus::Committing {
             if tx.expires_at <= d.now {
                 to = TxStatus::Aborting;
                 reason = Some("timed out before commit".into());
                 expired = true;
-            } else {
-                let open: Option<(String, String)> = branches::table
-                    .filter(branches::gid.eq(d.gid))
-                    .filter(
-                        branches::status
-                            .eq_any([BranchStatus::Trying.as_str(), BranchStatus::Failed.as_str()]),
-                    )
-                    .select((branches::branch_id, branches::status))
-                    .first(conn)
-                    .optional()?;
-                if let Some((id, status)) = open {
-                    return Ok(Decide::BranchOpen(format!("branch {id} is {status}")));
-                }
+            } else if let Some(b) = branches
+                .iter()
+                .find(|b| matches!(b.status(), BranchStatus::Trying | BranchStatus::Failed))
+            {
+                return Ok(Decide::BranchOpen(format!(
+                    "branch {} is {}",
+                    b.branch_id, b.status
+                )));
             }
         }
         diesel::update(transactions::table.find(d.gid))
@@ -682,7 +687,6 @@ pub fn decide(pool: &Pool, d: Decision<'_>) -> Result<Decide, StoreError> {
             due_at: d.now + d.lease_ms,
             ..tx
         };
-        let branches = conn.branches_of(d.gid)?;
         let resources = conn.resources_of(&branches)?;
         let input = (row, branches, resources);
         Ok(if expired {
@@ -715,6 +719,10 @@ pub fn load_for_drive(pool: &Pool, gid: &str) -> Result<Option<DriveInput>, Stor
 pub struct DriveResult<'a> {
     pub gid: &'a str,
     pub owner: &'a str,
+    /// The transaction and its branches as the driver loaded them under its lease (nobody else
+    /// changes whether a branch still needs phase two while the lease is held).
+    pub tx: TxRow,
+    pub branches: Vec<BranchRow>,
     pub from: TxStatus,
     pub op: Op,
     /// Per called branch: Ok, or the error text.
@@ -739,16 +747,13 @@ pub enum Finish {
 /// the transaction still decided and repeats the (idempotent) calls.
 pub fn finish_drive(pool: &Pool, r: DriveResult<'_>) -> Result<Finish, StoreError> {
     let done_status = BranchStatus::after(r.op);
+    let done: Vec<&str> = r
+        .calls
+        .iter()
+        .filter(|(_, res)| res.is_ok())
+        .map(|(id, _)| id.as_str())
+        .collect();
     with_conn!(pool, |conn| conn.relaxed_txn(|conn| {
-        let Some(tx) = conn.lock_tx(r.gid)? else {
-            return Ok(Finish::Lost);
-        };
-        let done: Vec<&str> = r
-            .calls
-            .iter()
-            .filter(|(_, res)| res.is_ok())
-            .map(|(id, _)| id.as_str())
-            .collect();
         if !done.is_empty() {
             diesel::update(
                 branches::table
@@ -774,14 +779,32 @@ pub fn finish_drive(pool: &Pool, r: DriveResult<'_>) -> Result<Finish, StoreErro
                     .execute(conn)?;
             }
         }
-        if tx.status() != r.from || tx.lease_owner.as_deref() != Some(r.owner) {
-            return Ok(Finish::Lost);
+        let mut branches = r.branches.clone();
+        for b in branches.iter_mut() {
+            match r.calls.iter().find(|(id, _)| *id == b.branch_id) {
+                Some((_, Ok(()))) => {
+                    b.status = done_status.as_str().into();
+                    b.attempts += 1;
+                    b.last_error = None;
+                    b.updated_at = r.now;
+                }
+                Some((_, Err(e))) => {
+                    b.attempts += 1;
+                    b.last_error = Some(e.clone());
+                    b.updated_at = r.now;
+                }
+                None => {}
+            }
         }
-        let branches = conn.branches_of(r.gid)?;
+        // Only the lease holder of the still-decided transaction writes its outcome.
+        let mine = transactions::table
+            .filter(transactions::gid.eq(r.gid))
+            .filter(transactions::status.eq(r.from.as_str()))
+            .filter(transactions::lease_owner.eq(r.owner));
         let open = branches.iter().filter(|b| b.status().needs(r.op)).count();
         if open == 0 {
             let to = r.from.final_status().unwrap_or(r.from);
-            diesel::update(transactions::table.find(r.gid))
+            let n = diesel::update(mine)
                 .set((
                     transactions::status.eq(to.as_str()),
                     transactions::finished_at.eq(r.now),
@@ -790,13 +813,16 @@ pub fn finish_drive(pool: &Pool, r: DriveResult<'_>) -> Result<Finish, StoreErro
                     transactions::lease_owner.eq(None::<String>),
                 ))
                 .execute(conn)?;
+            if n == 0 {
+                return Ok(Finish::Lost);
+            }
             let tx = TxRow {
                 status: to.as_str().into(),
                 finished_at: Some(r.now),
                 updated_at: r.now,
                 next_retry_at: None,
                 lease_owner: None,
-                ..tx
+                ..r.tx.clone()
             };
             return Ok(Finish::Final(to, (tx, branches)));
         }
@@ -804,10 +830,9 @@ pub fn finish_drive(pool: &Pool, r: DriveResult<'_>) -> Result<Finish, StoreErro
             .calls
             .iter()
             .find_map(|(id, res)| res.as_ref().err().map(|e| format!("branch {id}: {e}")));
-        let attempts = tx.attempts + 1;
-        diesel::update(transactions::table.find(r.gid))
+        let n = diesel::update(mine)
             .set((
-                transactions::attempts.eq(attempts),
+                transactions::attempts.eq(transactions::attempts + 1),
                 transactions::next_retry_at.eq(r.retry_at),
                 transactions::due_at.eq(r.retry_at),
                 transactions::last_error.eq(&error),
@@ -815,6 +840,10 @@ pub fn finish_drive(pool: &Pool, r: DriveResult<'_>) -> Result<Finish, StoreErro
                 transactions::lease_owner.eq(None::<String>),
             ))
             .execute(conn)?;
+        if n == 0 {
+            return Ok(Finish::Lost);
+        }
+        let attempts = r.tx.attempts + 1;
         let tx = TxRow {
             attempts,
             next_retry_at: Some(r.retry_at),
@@ -822,7 +851,7 @@ pub fn finish_drive(pool: &Pool, r: DriveResult<'_>) -> Result<Finish, StoreErro
             last_error: error,
             updated_at: r.now,
             lease_owner: None,
-            ..tx
+            ..r.tx.clone()
         };
         Ok(Finish::Retry(attempts, (tx, branches)))
     }))

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::driver::Engine;
 use super::model::{CallOutcome, Op, TxStatus};
 use super::store::{
-    self, Begin, Decide, Decision, DeleteResource, NewBranch, PrepareBranch, ResourceRow, TxRow,
+    self, Begin, Decide, DeleteResource, NewBranch, PrepareBranch, ResourceRow, TxRow,
 };
 use super::view;
 use crate::db::Pool;
@@ -469,23 +469,7 @@ async fn commit(
     validate::id("gid", &gid)?;
     let wait = q.wait.unwrap_or(true);
     let engine = data.engine.clone();
-    let (g, owner, lease_ms) = (gid.clone(), engine.cfg.owner.clone(), engine.cfg.lease_ms);
-    let decided = data
-        .pool
-        .run(move |p| {
-            store::decide(
-                p,
-                Decision {
-                    gid: &g,
-                    to: TxStatus::Committing,
-                    reason: None,
-                    owner: &owner,
-                    lease_ms,
-                    now: now_ms(),
-                },
-            )
-        })
-        .await?;
+    let decided = engine.decide(&gid, TxStatus::Committing, None).await?;
     match decided {
         Decide::NotFound => Err(no_tx(&gid)),
         Decide::BranchOpen(why) => Err(conflict_status(

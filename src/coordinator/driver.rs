@@ -39,27 +39,36 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Moves a `trying` transaction to aborting and drives its cancels. Returns the status it
-    /// has afterwards (None: no such transaction).
-    pub async fn abort(&self, gid: &str, reason: &str) -> Result<Option<TxStatus>, StoreError> {
-        let owner = self.cfg.owner.clone();
-        let (g, r, lease_ms) = (gid.to_string(), reason.to_string(), self.cfg.lease_ms);
-        let decided = self
-            .pool
+    /// Makes the decision `trying → to` durable, taking the lease (see [`store::decide`]).
+    pub async fn decide(
+        &self,
+        gid: &str,
+        to: TxStatus,
+        reason: Option<&str>,
+    ) -> Result<Decide, StoreError> {
+        let (g, r) = (gid.to_string(), reason.map(str::to_string));
+        let (owner, lease_ms) = (self.cfg.owner.clone(), self.cfg.lease_ms);
+        self.pool
             .run(move |p| {
                 store::decide(
                     p,
                     Decision {
                         gid: &g,
-                        to: TxStatus::Aborting,
-                        reason: Some(&r),
+                        to,
+                        reason: r.as_deref(),
                         owner: &owner,
                         lease_ms,
                         now: now_ms(),
                     },
                 )
             })
-            .await?;
+            .await
+    }
+
+    /// Moves a `trying` transaction to aborting and drives its cancels. Returns the status it
+    /// has afterwards (None: no such transaction).
+    pub async fn abort(&self, gid: &str, reason: &str) -> Result<Option<TxStatus>, StoreError> {
+        let decided = self.decide(gid, TxStatus::Aborting, Some(reason)).await?;
         match decided {
             Decide::NotFound => Ok(None),
             Decide::Decided(input) | Decide::Expired(input) => {

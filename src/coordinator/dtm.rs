@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 
 use super::api::{AppState, MAX_PAYLOAD_BYTES};
 use super::model::{BranchStatus, Op, TxStatus};
-use super::store::{self, Begin, BranchRow, Decide, Decision, TxRow};
+use super::store::{self, Begin, BranchRow, Decide, TxRow};
 use crate::http::extract::QueryParams;
 use crate::http::{ApiError, JsonBody};
 use crate::time::{now_ms, rfc3339};
@@ -291,23 +291,7 @@ async fn submit(data: Data, JsonBody(body): JsonBody<GidBody>) -> Answer {
     check_trans_type(body.trans_type.as_deref())?;
     let gid = body.gid;
     let engine = data.engine.clone();
-    let (g, owner, lease_ms) = (gid.clone(), engine.cfg.owner.clone(), engine.cfg.lease_ms);
-    let decided = data
-        .pool
-        .run(move |p| {
-            store::decide(
-                p,
-                Decision {
-                    gid: &g,
-                    to: TxStatus::Committing,
-                    reason: None,
-                    owner: &owner,
-                    lease_ms,
-                    now: now_ms(),
-                },
-            )
-        })
-        .await?;
+    let decided = engine.decide(&gid, TxStatus::Committing, None).await?;
     match decided {
         Decide::NotFound => Err(not_found(&gid)),
         Decide::BranchOpen(why) => Err(failure(format!("Cannot submit yet: {why}."))),

@@ -72,6 +72,35 @@ pub fn range(field: &str, value: i64, min: i64, max: i64) -> Result<(), ApiError
     }
 }
 
+/// A prefix for the Redis namespaces and Postgres database names a tool makes:
+/// `[a-z0-9_]{1,40}`, not starting with a digit (so it is a valid SQL identifier).
+pub fn namespace_prefix(flag: &str, p: &str) -> Result<(), String> {
+    let ok = !p.is_empty()
+        && p.len() <= 40
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !p.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{flag} {p:?} must be 1 to 40 characters of [a-z0-9_], not starting with a digit"
+        ))
+    }
+}
+
+/// A `postgres://` (or `postgresql://`) URL; the error shows it with its password hidden.
+pub fn postgres_url(flag: &str, url: &str) -> Result<(), String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err(format!(
+            "{flag} must be a postgres:// URL, not {}",
+            crate::demo::redact(url)
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +131,17 @@ mod tests {
         assert!(http_url("u", "http://").is_err());
         assert!(http_url("u", "/relative").is_err());
         assert!(http_url("u", "http://a b/").is_err());
+    }
+
+    #[test]
+    fn prefixes_and_postgres_urls() {
+        assert!(namespace_prefix("--p", "demo_1").is_ok());
+        for bad in ["", "Demo", "1demo", "a-b", &"a".repeat(41)] {
+            assert!(namespace_prefix("--p", bad).is_err(), "{bad:?}");
+        }
+        assert!(postgres_url("--pg-url", "postgresql://u@h/db").is_ok());
+        let e = postgres_url("--pg-url", "mysql://u:secret@h/db").unwrap_err();
+        assert!(e.contains("--pg-url") && !e.contains("secret"), "{e}");
     }
 
     #[test]

@@ -176,19 +176,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(args: BenchArgs) -> Result<Config, String> {
-        let p = &args.namespace_prefix;
-        if p.is_empty()
-            || p.len() > 40
-            || !p
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            || p.starts_with(|c: char| c.is_ascii_digit())
-        {
-            return Err(format!(
-                "--namespace-prefix {p:?} must be 1 to 40 characters of [a-z0-9_], not starting \
-                 with a digit"
-            ));
-        }
+        crate::validate::namespace_prefix("--namespace-prefix", &args.namespace_prefix)?;
         let mut backends = Vec::new();
         for b in args.backends {
             if !backends.contains(&b) {
@@ -209,13 +197,7 @@ impl Config {
                             .into(),
                     );
                 }
-                Some(u) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => {
-                    return Err(format!(
-                        "--pg-url must be a postgres:// URL, not {}",
-                        redact(u)
-                    ));
-                }
-                Some(_) => {}
+                Some(u) => crate::validate::postgres_url("--pg-url", u)?,
             }
         }
         let mut modes = Vec::new();

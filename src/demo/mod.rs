@@ -55,27 +55,10 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(args: DemoArgs) -> Result<Config, String> {
-        let p = &args.namespace_prefix;
-        if p.is_empty()
-            || p.len() > 40
-            || !p
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            || p.starts_with(|c: char| c.is_ascii_digit())
-        {
-            return Err(format!(
-                "--namespace-prefix {p:?} must be 1 to 40 characters of [a-z0-9_], not starting \
-                 with a digit"
-            ));
-        }
+        crate::validate::namespace_prefix("--namespace-prefix", &args.namespace_prefix)?;
         let pg_url = args.pg_url.filter(|u| !u.trim().is_empty());
-        if let Some(u) = &pg_url
-            && !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
-        {
-            return Err(format!(
-                "--pg-url must be a postgres:// URL, not {}",
-                redact(u)
-            ));
+        if let Some(u) = &pg_url {
+            crate::validate::postgres_url("--pg-url", u)?;
         }
         let dir = std::path::absolute(&args.dir)
             .map_err(|e| format!("bad --dir {}: {e}", args.dir.display()))?;

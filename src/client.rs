@@ -194,38 +194,8 @@ fn default_client(timeout: Duration) -> reqwest::Client {
 // ---------------------------------------------------------------------------------------------
 // Coordinator
 
-/// Status of a global transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TxStatus {
-    Trying,
-    Committing,
-    Committed,
-    Aborting,
-    Aborted,
-}
-
-impl TxStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TxStatus::Trying => "trying",
-            TxStatus::Committing => "committing",
-            TxStatus::Committed => "committed",
-            TxStatus::Aborting => "aborting",
-            TxStatus::Aborted => "aborted",
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, TxStatus::Committed | TxStatus::Aborted)
-    }
-}
-
-impl std::fmt::Display for TxStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Status of a global transaction: the coordinator's own type.
+pub use crate::coordinator::model::TxStatus;
 
 /// A registered resource.
 #[derive(Debug, Clone, Serialize, Deserialize)]

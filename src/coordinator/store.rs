@@ -648,7 +648,8 @@ pub fn decide(pool: &Pool, d: Decision<'_>) -> Result<Decide, StoreError> {
         let Some(tx) = conn.lock_tx(d.gid)? else {
             return Ok(Decide::NotFound);
         };
-        if tx.status() != TxStatus::Trying {
+        // Only `trying` moves to a decision; nothing crosses from one path to the other.
+        if !tx.status().can_move_to(d.to) {
             return Ok(Decide::Unchanged(tx.status()));
         }
         let mut to = d.to;
@@ -855,23 +856,6 @@ pub fn finish_drive(pool: &Pool, r: DriveResult<'_>) -> Result<Finish, StoreErro
         };
         Ok(Finish::Retry(attempts, (tx, branches)))
     }))
-}
-
-/// Gives a lease back early (for example when the driver could not load what it needs).
-pub fn release_lease(pool: &Pool, gid: &str, owner: &str, retry_at: i64) -> Result<(), StoreError> {
-    with_conn!(pool, |conn| {
-        diesel::update(
-            transactions::table
-                .find(gid)
-                .filter(transactions::lease_owner.eq(owner)),
-        )
-        .set((
-            transactions::lease_owner.eq(None::<String>),
-            transactions::due_at.eq(retry_at),
-        ))
-        .execute(conn)?;
-        Ok(())
-    })
 }
 
 /// A transaction recovery claimed: `from` is the status it had, `to` the one it has now

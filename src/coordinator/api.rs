@@ -226,24 +226,7 @@ async fn list_transactions(data: Data, QueryParams(q): QueryParams<ListQuery>) -
             )
         })?),
     };
-    let limit = q.limit.unwrap_or(100);
-    validate::range("limit", limit, 1, 1000)?;
-    if let Some(after) = &q.after {
-        validate::id("after", after)?;
-    }
-    let after = q.after.clone();
-    let page = data
-        .pool
-        .run(move |p| store::list_txs(p, status, limit + 1, after.as_deref()))
-        .await?
-        .ok_or_else(|| ApiError::invalid("Field `after` names no transaction."))?;
-    let more = page.len() as i64 > limit;
-    let page = &page[..page.len().min(limit as usize)];
-    let next = if more {
-        page.last().map(|(t, _)| t.gid.clone())
-    } else {
-        None
-    };
+    let (page, next) = page(&data, status, q.limit, q.after, "after").await?;
     let items: Vec<Value> = page.iter().map(|(t, b)| view::transaction(t, b)).collect();
     Ok(HttpResponse::Ok().json(json!({"transactions": items, "next": next})))
 }
@@ -573,6 +556,38 @@ fn answer_for(tx: &TxRow, branches: &[store::BranchRow]) -> HttpResponse {
 async fn current(data: &Data, gid: &str) -> Answer {
     let (tx, branches) = load(data, gid).await?;
     Ok(answer_for(&tx, &branches))
+}
+
+/// One page of the newest-first list, after the transaction `after` (named by the parameter
+/// `cursor`): up to `limit` (1..=1000, default 100) transactions, and the cursor of the next
+/// page, if there is one.
+pub async fn page(
+    data: &Data,
+    status: Option<TxStatus>,
+    limit: Option<i64>,
+    after: Option<String>,
+    cursor: &'static str,
+) -> Result<(Vec<store::TxWithBranches>, Option<String>), ApiError> {
+    let limit = limit.unwrap_or(100);
+    validate::range("limit", limit, 1, 1000)?;
+    if let Some(a) = &after {
+        validate::id(cursor, a)?;
+    }
+    let mut page = data
+        .pool
+        .run(move |p| store::list_txs(p, status, limit + 1, after.as_deref()))
+        .await?
+        .ok_or_else(|| {
+            ApiError::invalid(format!("Query parameter `{cursor}` names no transaction."))
+        })?;
+    let more = page.len() as i64 > limit;
+    page.truncate(limit as usize);
+    let next = if more {
+        page.last().map(|(t, _)| t.gid.clone())
+    } else {
+        None
+    };
+    Ok((page, next))
 }
 
 fn no_tx(gid: &str) -> ApiError {

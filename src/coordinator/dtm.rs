@@ -395,27 +395,11 @@ async fn all(data: Data, QueryParams(q): QueryParams<AllParams>) -> Answer {
             ApiError::invalid("Query parameter `status` must be one of prepared, submitted, succeed, aborting, failed.")
         })?),
     };
-    let limit = q.limit.unwrap_or(100);
-    validate::range("limit", limit, 1, 1000)?;
     let position = q.position.filter(|p| !p.is_empty());
-    if let Some(p) = &position {
-        validate::id("position", p)?;
-    }
-    let page = data
-        .pool
-        .run(move |p| store::list_txs(p, status, limit + 1, position.as_deref()))
-        .await?
-        .ok_or_else(|| ApiError::invalid("Query parameter `position` names no transaction."))?;
-    let more = page.len() as i64 > limit;
-    let page = &page[..page.len().min(limit as usize)];
-    let next = if more {
-        page.last().map(|(t, _)| t.gid.clone()).unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let (page, next) = super::api::page(&data, status, q.limit, position, "position").await?;
     Ok(HttpResponse::Ok().json(json!({
         "transactions": page.iter().map(|(t, _)| transaction(t)).collect::<Vec<_>>(),
-        "next_position": next,
+        "next_position": next.unwrap_or_default(),
     })))
 }
 

@@ -110,11 +110,7 @@ trait CoordConn: DbConn {
 
 impl CoordConn for SqliteConnection {
     fn lock_tx(&mut self, gid: &str) -> QueryResult<Option<TxRow>> {
-        transactions::table
-            .find(gid)
-            .select(TxRow::as_select())
-            .first(self)
-            .optional()
+        self.tx_of(gid)
     }
 
     fn due(&mut self, now: i64, limit: i64) -> QueryResult<Vec<(String, String)>> {
@@ -153,6 +149,7 @@ impl CoordConn for PgConnection {
 
 /// Reads that are the same on every backend, used inside the local transactions below.
 trait CoordReads {
+    fn tx_of(&mut self, gid: &str) -> QueryResult<Option<TxRow>>;
     fn branches_of(&mut self, gid: &str) -> QueryResult<Vec<BranchRow>>;
     fn resources_of(&mut self, branches: &[BranchRow])
     -> QueryResult<HashMap<String, ResourceRow>>;
@@ -161,6 +158,14 @@ trait CoordReads {
 macro_rules! impl_coord_reads {
     ($conn:ty) => {
         impl CoordReads for $conn {
+            fn tx_of(&mut self, gid: &str) -> QueryResult<Option<TxRow>> {
+                transactions::table
+                    .find(gid)
+                    .select(TxRow::as_select())
+                    .first(self)
+                    .optional()
+            }
+
             fn branches_of(&mut self, gid: &str) -> QueryResult<Vec<BranchRow>> {
                 branches::table
                     .filter(branches::gid.eq(gid))
@@ -313,12 +318,9 @@ pub fn begin(pool: &Pool, row: TxRow) -> Result<Begin, StoreError> {
 
 pub fn get_tx(pool: &Pool, gid: &str) -> Result<Option<TxWithBranches>, StoreError> {
     with_conn!(pool, |conn| {
-        let tx: Option<TxRow> = transactions::table
-            .find(gid)
-            .select(TxRow::as_select())
-            .first(conn)
-            .optional()?;
-        let Some(tx) = tx else { return Ok(None) };
+        let Some(tx) = conn.tx_of(gid)? else {
+            return Ok(None);
+        };
         let branches = conn.branches_of(gid)?;
         Ok(Some((tx, branches)))
     })
@@ -705,12 +707,9 @@ pub type DriveInput = (TxRow, Vec<BranchRow>, HashMap<String, ResourceRow>);
 /// (resolved now, so a re-registration redirects in-flight transactions).
 pub fn load_for_drive(pool: &Pool, gid: &str) -> Result<Option<DriveInput>, StoreError> {
     with_conn!(pool, |conn| {
-        let tx: Option<TxRow> = transactions::table
-            .find(gid)
-            .select(TxRow::as_select())
-            .first(conn)
-            .optional()?;
-        let Some(tx) = tx else { return Ok(None) };
+        let Some(tx) = conn.tx_of(gid)? else {
+            return Ok(None);
+        };
         let branches = conn.branches_of(gid)?;
         let resources = conn.resources_of(&branches)?;
         Ok(Some((tx, branches, resources)))

@@ -5,24 +5,19 @@
 //! a unique namespace prefix. The figures themselves are not checked (a debug build on a busy
 //! machine); `make bench` measures.
 
-use std::io::Read;
+mod support;
+
+use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+use support::db::pg_admin_url;
+use support::process::run_to_end;
+use support::redis_ns::redis_url;
 
-const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// A run takes well under a minute; this only stops a hung one.
 const DEADLINE: Duration = Duration::from_secs(300);
-
-fn env_or(var: &str, default: &str) -> String {
-    std::env::var(var)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
 
 struct Run {
     prefix: String,
@@ -38,67 +33,43 @@ fn run_bench(backend: &str, extra: &[&str]) -> Run {
     let dir = std::env::temp_dir().join(format!("tccd-bench-test-{id}"));
     let prefix = format!("t_{}", &id[..16]);
     let out = dir.join("report.json");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tccd"));
-    cmd.arg("bench")
-        .args(["--backends", backend])
-        .args(["--modes", "coordinated,dtm,baseline"])
-        .args([
-            "--clients",
-            "4",
-            "--warmup-secs",
-            "1",
-            "--duration-secs",
-            "2",
-        ])
-        .args(["--prefill", "500"])
-        .arg("--dir")
-        .arg(&dir)
-        .arg("--out")
-        .arg(&out)
-        .args(["--namespace-prefix", &prefix])
-        .args([
-            "--redis-url",
-            &env_or("TCCD_TEST_REDIS_URL", DEFAULT_REDIS_URL),
-        ])
-        .args(extra);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TCCD_") || k == "FAILPOINTS" || k == "NO_COLOR" {
-            cmd.env_remove(k);
-        }
+    let mut args: Vec<OsString> = [
+        "bench",
+        "--backends",
+        backend,
+        "--modes",
+        "coordinated,dtm,baseline",
+        "--clients",
+        "4",
+        "--warmup-secs",
+        "1",
+        "--duration-secs",
+        "2",
+        "--prefill",
+        "500",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.extend([
+        "--dir".into(),
+        dir.clone().into(),
+        "--out".into(),
+        out.clone().into(),
+    ]);
+    for a in ["--namespace-prefix", &prefix, "--redis-url", &redis_url()] {
+        args.push(a.into());
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start tccd bench");
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let so = drain(Box::new(child.stdout.take().unwrap()));
-    let se = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for tccd bench") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    args.extend(extra.iter().map(OsString::from));
+    let run = run_to_end(&args, DEADLINE);
     let report = std::fs::read_to_string(&out)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
     Run {
         prefix,
-        ok: status.is_some_and(|s| s.success()),
-        stdout: so.join().unwrap(),
-        stderr: se.join().unwrap(),
+        ok: run.ok(),
+        stdout: run.stdout,
+        stderr: run.stderr,
         report,
         dir,
     }
@@ -177,7 +148,7 @@ fn bench_runs_on_sqlite() {
 
 #[test]
 fn bench_runs_on_postgres() {
-    let admin = env_or("TCCD_TEST_PG_URL", DEFAULT_PG_URL);
+    let admin = pg_admin_url();
     let run = run_bench("postgres", &["--pg-url", &admin]);
     check("postgres", &run);
     let b = &run.report.as_ref().unwrap()["postgres"];

@@ -3,24 +3,18 @@
 //! Once on SQLite (files in a temp dir), once on Postgres (`TCCD_TEST_PG_URL`); both on the Redis
 //! in `TCCD_TEST_REDIS_URL`, under a unique namespace prefix.
 
-use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-const REDIS_URL_VAR: &str = "TCCD_TEST_REDIS_URL";
-const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-const PG_URL_VAR: &str = "TCCD_TEST_PG_URL";
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use support::db::pg_admin_url;
+use support::process::run_to_end;
+use support::redis_ns::{keys_matching, redis_url};
+
 /// The demo finishes in well under a minute; this only stops a hung run.
 const DEADLINE: Duration = Duration::from_secs(300);
-
-fn env_or(var: &str, default: &str) -> String {
-    std::env::var(var)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
 
 struct Run {
     prefix: String,
@@ -34,60 +28,19 @@ fn run_demo(extra: &[&str]) -> Run {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let dir = std::env::temp_dir().join(format!("tccd-demo-test-{id}"));
     let prefix = format!("t_{id}");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tccd"));
-    cmd.arg("demo")
-        .arg("--dir")
-        .arg(&dir)
-        .arg("--redis-url")
-        .arg(env_or(REDIS_URL_VAR, DEFAULT_REDIS_URL))
-        .arg("--namespace-prefix")
-        .arg(&prefix)
-        .args(extra);
-    // Only the flags above may configure the demo (a TCCD_DEMO_PG_URL in the environment would
-    // turn the SQLite run into a Postgres one).
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TCCD_") || k == "FAILPOINTS" || k == "NO_COLOR" {
-            cmd.env_remove(k);
-        }
+    let mut args: Vec<OsString> = vec!["demo".into(), "--dir".into(), dir.clone().into()];
+    for a in ["--redis-url", &redis_url(), "--namespace-prefix", &prefix] {
+        args.push(a.into());
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start tccd demo");
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for tccd demo") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            // Only a hung demo gets here (it polls with deadlines); its services may outlive it.
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = out.join().unwrap();
-    let mut stderr = err.join().unwrap();
-    if status.is_none() {
-        stderr.push_str(&format!(
-            "\n[test] tccd demo did not finish within {DEADLINE:?} and was killed"
-        ));
-    }
+    args.extend(extra.iter().map(OsString::from));
+    // Only the flags above configure the demo (a TCCD_DEMO_PG_URL in the environment would turn
+    // the SQLite run into a Postgres one): run_to_end does not pass TCCD_* on.
+    let run = run_to_end(&args, DEADLINE);
     Run {
         prefix,
-        ok: status.is_some_and(|s| s.success()),
-        stdout,
-        stderr,
+        ok: run.ok(),
+        stdout: run.stdout,
+        stderr: run.stderr,
         dir,
     }
 }
@@ -136,38 +89,13 @@ fn assert_demo_passed(run: Run) {
         "colour codes although stdout is not a terminal\n{}",
         explain()
     );
-    let left = redis_keys(&format!("{}_*", run.prefix));
+    let left = keys_matching(&redis_url(), &format!("{}_*", run.prefix));
     assert!(
         left.is_empty(),
         "the demo left Redis keys behind: {:?}",
         &left[..left.len().min(5)]
     );
     let _ = std::fs::remove_dir_all(&run.dir);
-}
-
-/// The keys matching `pattern` in the test Redis.
-fn redis_keys(pattern: &str) -> Vec<String> {
-    let url = env_or(REDIS_URL_VAR, DEFAULT_REDIS_URL);
-    let mut conn = redis::Client::open(url.as_str())
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
-        .unwrap_or_else(|e| panic!("cannot reach Redis at {url}: {e}"));
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query(&mut conn)
-            .expect("SCAN");
-        keys.extend(batch);
-        if next == 0 {
-            return keys;
-        }
-        cursor = next;
-    }
 }
 
 #[test]
@@ -179,7 +107,7 @@ fn demo_on_sqlite() {
 fn demo_on_postgres() {
     use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, sql_query};
 
-    let pg = env_or(PG_URL_VAR, DEFAULT_PG_URL);
+    let pg = pg_admin_url();
     let run = run_demo(&["--pg-url", &pg]);
     let prefix = run.prefix.clone();
     assert_demo_passed(run);

@@ -319,3 +319,66 @@ impl Coordinator {
         self.process.as_ref().map(|p| p.logs()).unwrap_or_default()
     }
 }
+
+/// What a command that ran to its end printed. `status` is None when it outlived its deadline
+/// (it was then killed, and a line saying so ends `stderr`).
+pub struct Finished {
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+}
+
+/// Runs `tccd ARGS` to its end, configured by its flags alone (the test's own `TCCD_*`,
+/// `FAILPOINTS` and `NO_COLOR` are not passed on), killing it if it outlives `deadline`.
+pub fn run_to_end(args: &[std::ffi::OsString], deadline: Duration) -> Finished {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tccd"));
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TCCD_") || k == "FAILPOINTS" || k == "NO_COLOR" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start tccd");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let until = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for tccd") {
+            break Some(status);
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = out.join().unwrap();
+    let mut stderr = err.join().unwrap();
+    if status.is_none() {
+        stderr.push_str(&format!(
+            "\n[test] tccd did not finish within {deadline:?} and was killed"
+        ));
+    }
+    Finished {
+        status,
+        stdout,
+        stderr,
+    }
+}

@@ -39,24 +39,29 @@ impl RedisNamespace {
 
     /// The keys currently under this namespace.
     pub fn keys(&self) -> Vec<String> {
-        let mut conn = connect(&self.url).expect("redis connection");
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.namespace))
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut conn)
-                .expect("SCAN");
-            keys.extend(batch);
-            if next == 0 {
-                return keys;
-            }
-            cursor = next;
+        keys_matching(&self.url, &format!("{}:*", self.namespace))
+    }
+}
+
+/// The keys matching a SCAN `pattern` in the Redis at `url`.
+pub fn keys_matching(url: &str, pattern: &str) -> Vec<String> {
+    let mut conn = connect(url).unwrap_or_else(|e| panic!("cannot reach Redis at {url}: {e}"));
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut conn)
+            .expect("SCAN");
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
         }
+        cursor = next;
     }
 }
 

@@ -26,7 +26,7 @@ use clap::{Args, ValueEnum};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::client::{CoordinatorClient, StockClient};
-use crate::demo::procs::Procs;
+use crate::demo::procs::{CheckoutSpec, Procs, lock, start_checkout};
 use crate::demo::report::{BOLD, DIM, Out, RED, YELLOW};
 use crate::demo::{Signals, panic_text, redact, stores, wait_registered};
 use measure::PgStats;
@@ -292,10 +292,6 @@ fn loopback_url(url: &str) -> Result<String, String> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
-fn lock(procs: &Arc<Mutex<Procs>>) -> std::sync::MutexGuard<'_, Procs> {
-    procs.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Runs the benchmark; `Err` (exit status 1) if a process or a store fails.
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     let cfg = Arc::new(Config::from_args(args)?);
@@ -481,38 +477,20 @@ async fn run_backend(
     ));
 
     // Processes: the coordinator first (the services register with it), then both services.
-    let role = |r: &str| format!("{}-{r}", backend.as_str());
-    let coord_args = vec![
-        "--bind".to_string(),
-        "127.0.0.1:0".into(),
-        "--database-url".into(),
-        db_urls[0].clone(),
-    ];
-    let pending = lock(procs).spawn(&role("coordinator"), "coordinator", coord_args)?;
-    let coord_url = pending.base_url().await?;
-    let stock_args = |name: &str, db: &str| {
-        vec![
-            "--name".to_string(),
-            name.to_string(),
-            "--bind".into(),
-            "127.0.0.1:0".into(),
-            "--database-url".into(),
-            db.to_string(),
-            "--redis-url".into(),
-            cfg.redis_url.clone(),
-            "--namespace".into(),
-            cfg.namespace(name),
-            "--coordinator".into(),
-            coord_url.clone(),
-        ]
-    };
-    let inv = lock(procs).spawn(
-        &role("inventory"),
-        "stock",
-        stock_args("inventory", &db_urls[1]),
-    )?;
-    let wal = lock(procs).spawn(&role("wallet"), "stock", stock_args("wallet", &db_urls[2]))?;
-    let (inv_url, wal_url) = tokio::try_join!(inv.base_url(), wal.base_url())?;
+    let role_prefix = format!("{}-", backend.as_str());
+    let urls = start_checkout(
+        procs,
+        CheckoutSpec {
+            role_prefix: &role_prefix,
+            db_urls: &db_urls,
+            redis_url: &cfg.redis_url,
+            namespace_prefix: &cfg.prefix,
+            coordinator_flags: &[],
+            stock_flags: &[],
+        },
+    )
+    .await?;
+    let (coord_url, inv_url, wal_url) = (urls.coordinator, urls.inventory, urls.wallet);
     let pids: Vec<(String, u32)> = lock(procs)
         .info()
         .into_iter()

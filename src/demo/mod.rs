@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::client::{CoordinatorClient, StockClient};
-use procs::Procs;
+use procs::{CheckoutSpec, Procs, lock, start_checkout};
 use report::{Align, BOLD, Cell, DIM, GREEN, Out, RED, Table};
 use scenarios::{Ctx, Outcome};
 
@@ -321,36 +321,19 @@ async fn body(
     out.line(format!("  logs       {}", cfg.logs().display()));
 
     // Processes: the coordinator first (the services register with it), then both services.
-    let mut coord_args = vec![
-        "--bind".to_string(),
-        "127.0.0.1:0".into(),
-        "--database-url".into(),
-        db_urls[0].clone(),
-    ];
-    coord_args.extend(COORDINATOR_TUNING.iter().map(|s| s.to_string()));
-    let pending = lock(&procs).spawn("coordinator", "coordinator", coord_args)?;
-    let coord_url = pending.base_url().await?;
-
-    let stock_args = |name: &str, db: &str| {
-        vec![
-            "--name".to_string(),
-            name.to_string(),
-            "--bind".into(),
-            "127.0.0.1:0".into(),
-            "--database-url".into(),
-            db.to_string(),
-            "--redis-url".into(),
-            cfg.redis_url.clone(),
-            "--namespace".into(),
-            cfg.namespace(name),
-            "--coordinator".into(),
-            coord_url.clone(),
-            "--faults".into(),
-        ]
-    };
-    let inv = lock(&procs).spawn("inventory", "stock", stock_args("inventory", &db_urls[1]))?;
-    let wal = lock(&procs).spawn("wallet", "stock", stock_args("wallet", &db_urls[2]))?;
-    let (inv_url, wal_url) = tokio::try_join!(inv.base_url(), wal.base_url())?;
+    let urls = start_checkout(
+        &procs,
+        CheckoutSpec {
+            role_prefix: "",
+            db_urls: &db_urls,
+            redis_url: &cfg.redis_url,
+            namespace_prefix: &cfg.prefix,
+            coordinator_flags: &COORDINATOR_TUNING,
+            stock_flags: &["--faults"],
+        },
+    )
+    .await?;
+    let (coord_url, inv_url, wal_url) = (urls.coordinator, urls.inventory, urls.wallet);
 
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -400,10 +383,6 @@ async fn body(
 
     let mut ctx = Ctx::new(out, coord, inventory, wallet, procs, http);
     Ok(scenarios::run_all(&mut ctx).await)
-}
-
-fn lock(procs: &Arc<Mutex<Procs>>) -> std::sync::MutexGuard<'_, Procs> {
-    procs.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Polls the coordinator until every resource is registered.

@@ -280,3 +280,83 @@ pub fn tail(path: &Path, n: usize) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Locks the shared process table, also after a panic elsewhere left it poisoned (the table
+/// itself is always consistent).
+pub fn lock(procs: &std::sync::Mutex<Procs>) -> std::sync::MutexGuard<'_, Procs> {
+    procs.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The base URLs of the three services of a checkout.
+pub struct CheckoutUrls {
+    pub coordinator: String,
+    pub inventory: String,
+    pub wallet: String,
+}
+
+/// How to start the checkout's services.
+pub struct CheckoutSpec<'a> {
+    /// Put before each role name (`coordinator`, `inventory`, `wallet`) in the process table.
+    pub role_prefix: &'a str,
+    /// Coordinator, inventory and wallet databases, in that order.
+    pub db_urls: &'a [String],
+    pub redis_url: &'a str,
+    /// Redis namespaces are `<prefix>_inventory` and `<prefix>_wallet`.
+    pub namespace_prefix: &'a str,
+    pub coordinator_flags: &'a [&'a str],
+    pub stock_flags: &'a [&'a str],
+}
+
+/// Starts a coordinator, then the `inventory` and `wallet` stock services registering with it,
+/// each on a free port; returns once all three serve.
+pub async fn start_checkout(
+    procs: &std::sync::Mutex<Procs>,
+    spec: CheckoutSpec<'_>,
+) -> Result<CheckoutUrls, String> {
+    let role = |r: &str| format!("{}{r}", spec.role_prefix);
+    let mut coord_args: Vec<String> = ["--bind", "127.0.0.1:0", "--database-url", &spec.db_urls[0]]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    coord_args.extend(spec.coordinator_flags.iter().map(|s| s.to_string()));
+    let pending = lock(procs).spawn(&role("coordinator"), "coordinator", coord_args)?;
+    let coordinator = pending.base_url().await?;
+    let stock_args = |name: &str, db: &str| {
+        let namespace = format!("{}_{name}", spec.namespace_prefix);
+        let mut args: Vec<String> = [
+            "--name",
+            name,
+            "--bind",
+            "127.0.0.1:0",
+            "--database-url",
+            db,
+            "--redis-url",
+            spec.redis_url,
+            "--namespace",
+            &namespace,
+            "--coordinator",
+            &coordinator,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(spec.stock_flags.iter().map(|s| s.to_string()));
+        args
+    };
+    let inv = lock(procs).spawn(
+        &role("inventory"),
+        "stock",
+        stock_args("inventory", &spec.db_urls[1]),
+    )?;
+    let wal = lock(procs).spawn(
+        &role("wallet"),
+        "stock",
+        stock_args("wallet", &spec.db_urls[2]),
+    )?;
+    let (inventory, wallet) = tokio::try_join!(inv.base_url(), wal.base_url())?;
+    Ok(CheckoutUrls {
+        coordinator,
+        inventory,
+        wallet,
+    })
+}

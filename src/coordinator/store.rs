@@ -81,6 +81,25 @@ pub struct BranchRow {
 }
 
 impl BranchRow {
+    /// A branch just registered: no call made yet on its behalf.
+    fn new(gid: &str, branch_id: &str, status: BranchStatus, payload: &str, now: i64) -> BranchRow {
+        BranchRow {
+            gid: gid.to_string(),
+            branch_id: branch_id.to_string(),
+            resource: String::new(),
+            status: status.as_str().into(),
+            payload: payload.to_string(),
+            try_outcome: None,
+            response: None,
+            attempts: 0,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            confirm_url: None,
+            cancel_url: None,
+        }
+    }
+
     /// A DTM branch's URL for `op` (None for a native branch, which uses its resource's).
     pub fn dtm_url(&self, op: Op) -> Option<&str> {
         match op {
@@ -445,19 +464,8 @@ pub fn prepare_branch(pool: &Pool, new: NewBranch) -> Result<PrepareBranch, Stor
         };
         let mut seq = tx.branch_seq;
         let mut row = BranchRow {
-            gid: new.gid.clone(),
-            branch_id: String::new(),
             resource: new.resource.clone(),
-            status: BranchStatus::Trying.as_str().into(),
-            payload: new.payload.clone(),
-            try_outcome: None,
-            response: None,
-            attempts: 0,
-            last_error: None,
-            created_at: new.now,
-            updated_at: new.now,
-            confirm_url: None,
-            cancel_url: None,
+            ..BranchRow::new(&new.gid, "", BranchStatus::Trying, &new.payload, new.now)
         };
         match &new.branch_id {
             Some(id) => {
@@ -544,19 +552,15 @@ pub fn register_dtm_branch(
             return Ok(RegisterDtmBranch::Expired);
         }
         let row = BranchRow {
-            gid: new.gid.clone(),
-            branch_id: new.branch_id.clone(),
-            resource: String::new(),
-            status: BranchStatus::Tried.as_str().into(),
-            payload: new.data.clone(),
-            try_outcome: None,
-            response: None,
-            attempts: 0,
-            last_error: None,
-            created_at: new.now,
-            updated_at: new.now,
             confirm_url: Some(new.confirm_url.clone()),
             cancel_url: Some(new.cancel_url.clone()),
+            ..BranchRow::new(
+                &new.gid,
+                &new.branch_id,
+                BranchStatus::Tried,
+                &new.data,
+                new.now,
+            )
         };
         diesel::insert_into(branches::table)
             .values(&row)

@@ -268,17 +268,19 @@ impl Stock {
             .map_err(|e| self.db_error(e))
     }
 
+    async fn db_row(&self, key: &str) -> Result<Option<StockRow>, ApiError> {
+        let k = key.to_string();
+        self.pool
+            .run(move |p| store::get(p, &k))
+            .await
+            .map_err(|e| self.db_error(e))
+    }
+
     /// Loads a key's hash from the database if Redis lacks it; `false` if the database has no
     /// such key either.
     async fn reload(&self, key: &str) -> Result<bool, ApiError> {
         let _lock = self.locks.exclusive(key).await;
-        let k = key.to_string();
-        let Some(row) = self
-            .pool
-            .run(move |p| store::get(p, &k))
-            .await
-            .map_err(|e| self.db_error(e))?
-        else {
+        let Some(row) = self.db_row(key).await? else {
             return Ok(false);
         };
         if self
@@ -321,13 +323,7 @@ impl Stock {
     /// A key in both stores. While Redis is down the database's numbers are still answered,
     /// with `redis_error` saying why Redis is missing.
     pub async fn get(&self, key: &str) -> Result<Option<KeyView>, ApiError> {
-        let k = key.to_string();
-        let Some(row) = self
-            .pool
-            .run(move |p| store::get(p, &k))
-            .await
-            .map_err(|e| self.db_error(e))?
-        else {
+        let Some(row) = self.db_row(key).await? else {
             return Ok(None);
         };
         Ok(Some(self.with_redis(row).await))

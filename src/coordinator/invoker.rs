@@ -2,12 +2,23 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::model::{CallOutcome, Op, classify};
 
 pub struct Invoker {
     client: reqwest::Client,
+}
+
+/// The body of a native call (API.md §2).
+#[derive(Serialize)]
+struct CallBody<'a> {
+    gid: &'a str,
+    branch_id: &'a str,
+    op: &'a str,
+    payload: &'a RawValue,
 }
 
 /// What came back from one call.
@@ -46,8 +57,15 @@ impl Invoker {
         branch_id: &str,
         payload: &str,
     ) -> CallResult {
-        let payload: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
-        let body = serde_json::json!({"gid": gid, "branch_id": branch_id, "op": op.as_str(), "payload": payload});
+        // The stored payload is already JSON text: embed it as it is, without re-parsing.
+        let payload = RawValue::from_string(payload.to_string())
+            .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("valid JSON"));
+        let body = CallBody {
+            gid,
+            branch_id,
+            op: op.as_str(),
+            payload: &payload,
+        };
         let request = self
             .client
             .post(url)

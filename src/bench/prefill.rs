@@ -36,9 +36,9 @@ fn statements(n: u64, now_ms: i64, postgres: bool) -> (String, String) {
     let transactions = format!(
         "{with}INSERT INTO transactions (gid, status, created_at, updated_at, expires_at, \
          finished_at, reason, metadata, attempts, next_retry_at, last_error, due_at, lease_owner, \
-         branch_seq, protocol, options) \
+         protocol, options) \
          SELECT {gid}, 'committed', {base} + i, {base} + i + 5, {base} + i + 30000, \
-         {base} + i + 5, NULL, '{{}}', 0, NULL, NULL, {base} + i + 5, NULL, 1, 'native', NULL \
+         {base} + i + 5, NULL, '{{}}', 0, NULL, NULL, {base} + i + 5, NULL, 'native', NULL \
          FROM {src}"
     );
     let branches = format!(

@@ -9,9 +9,8 @@ use serde_json::{Map, Value, json};
 
 use super::driver::Engine;
 use super::model::{CallOutcome, Op, TxStatus};
-use super::store::{
-    self, Begin, Decide, DeleteResource, NewBranch, PrepareBranch, ResourceRow, TxRow,
-};
+use super::store::{self, DeleteResource, ResourceRow, TxRow};
+use super::unit::{Begin, Decide, NewBranch, PrepareBranch, TryOutcome};
 use super::view;
 use crate::db::Pool;
 use crate::failpoints::crash_point;
@@ -177,11 +176,10 @@ async fn begin(data: Data, JsonBody(body): JsonBody<BeginBody>) -> Answer {
         last_error: None,
         due_at: now + timeout_ms,
         lease_owner: None,
-        branch_seq: 0,
         protocol: PROTOCOL_NATIVE.into(),
         options: None,
     };
-    match data.pool.run(move |p| store::begin(p, row)).await? {
+    match data.engine.writer.begin(row).await? {
         Begin::Created(tx) => {
             data.engine.metrics.transition(None, TxStatus::Trying);
             log::info!("gid={gid} begun (timeout {timeout_ms} ms)");
@@ -263,11 +261,7 @@ async fn add_branch(
         payload,
         now: now_ms(),
     };
-    let (branch, resource) = match data
-        .pool
-        .run(move |p| store::prepare_branch(p, new))
-        .await?
-    {
+    let (branch, resource) = match data.engine.writer.add_branch(new).await? {
         PrepareBranch::New(b, r) => (b, r),
         PrepareBranch::NotFound => return Err(no_tx(&gid)),
         PrepareBranch::NotTrying(s) => {
@@ -320,17 +314,19 @@ async fn add_branch(
         .await;
     data.engine.metrics.call(Op::Try, res.outcome);
     crash_point("coord_after_try");
-    let (g, id, outcome, error) = (
-        gid.clone(),
-        branch.branch_id.clone(),
-        res.outcome,
-        res.error.clone(),
-    );
-    let response = res.body.as_ref().map(Value::to_string);
     let tx_status = data
-        .pool
-        .run(move |p| store::record_try(p, &g, &id, outcome, response, error, now_ms()))
-        .await?;
+        .engine
+        .writer
+        .record_try(TryOutcome {
+            gid: gid.clone(),
+            branch_id: branch.branch_id.clone(),
+            outcome: res.outcome,
+            response: res.body.as_ref().map(Value::to_string),
+            error: res.error.clone(),
+            now: now_ms(),
+        })
+        .await?
+        .ok_or_else(|| no_tx(&gid))?;
     match res.outcome {
         CallOutcome::Done if tx_status != TxStatus::Trying => {
             // Aborted (by the client or the timeout) while the Try was on its way: the branch

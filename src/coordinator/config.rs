@@ -45,6 +45,12 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "TCCD_LEASE_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub lease_ms: u64,
+    /// While the coordinator is busy, its writer starts a batch of database writes at most this
+    /// often, so that more writes share each commit; when it is quiet a write is committed at
+    /// once. 0: never wait.
+    #[arg(long, env = "TCCD_BATCH_INTERVAL_MS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub batch_interval_ms: u64,
     /// Database connections in the pool.
     #[arg(long, env = "TCCD_DB_POOL_SIZE", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=1000))]

@@ -9,7 +9,9 @@ use futures::future::join_all;
 use super::invoker::Invoker;
 use super::metrics::Metrics;
 use super::model::{CallOutcome, TxStatus, backoff_ms};
-use super::store::{self, Decide, Decision, DriveInput, DriveResult, Finish, TxWithBranches};
+use super::store::{self, TxWithBranches};
+use super::unit::{Decide, Decision, DriveInput, DriveResult, Finish};
+use super::writer::Writer;
 use crate::db::{Pool, StoreError};
 use crate::failpoints::crash_point;
 use crate::time::now_ms;
@@ -33,6 +35,7 @@ pub struct Driven {
 
 pub struct Engine {
     pub pool: Pool,
+    pub writer: Writer,
     pub invoker: Invoker,
     pub metrics: Arc<Metrics>,
     pub cfg: EngineConfig,
@@ -46,21 +49,14 @@ impl Engine {
         to: TxStatus,
         reason: Option<&str>,
     ) -> Result<Decide, StoreError> {
-        let (g, r) = (gid.to_string(), reason.map(str::to_string));
-        let (owner, lease_ms) = (self.cfg.owner.clone(), self.cfg.lease_ms);
-        self.pool
-            .run(move |p| {
-                store::decide(
-                    p,
-                    Decision {
-                        gid: &g,
-                        to,
-                        reason: r.as_deref(),
-                        owner: &owner,
-                        lease_ms,
-                        now: now_ms(),
-                    },
-                )
+        self.writer
+            .decide(Decision {
+                gid: gid.to_string(),
+                to,
+                reason: reason.map(str::to_string),
+                owner: self.cfg.owner.clone(),
+                lease_ms: self.cfg.lease_ms,
+                now: now_ms(),
             })
             .await
     }
@@ -158,26 +154,16 @@ impl Engine {
             self.cfg.retry_cap_ms,
             rand::random::<f64>(),
         );
-        let owner = self.cfg.owner.clone();
-        let g = gid.to_string();
-        let (loaded_tx, loaded_branches) = (tx.clone(), branches.clone());
         let finish = self
-            .pool
-            .run(move |p| {
-                store::finish_drive(
-                    p,
-                    DriveResult {
-                        gid: &g,
-                        owner: &owner,
-                        tx: loaded_tx,
-                        branches: loaded_branches,
-                        from,
-                        op,
-                        calls: results,
-                        now,
-                        retry_at: now + delay as i64,
-                    },
-                )
+            .writer
+            .finish(DriveResult {
+                gid: gid.to_string(),
+                owner: self.cfg.owner.clone(),
+                from,
+                op,
+                calls: results,
+                now,
+                retry_at: now + delay as i64,
             })
             .await?;
         match finish {

@@ -21,7 +21,8 @@ use serde_json::{Map, Value, json};
 
 use super::api::{AppState, MAX_PAYLOAD_BYTES};
 use super::model::{BranchStatus, Op, TxStatus};
-use super::store::{self, Begin, BranchRow, Decide, TxRow};
+use super::store::{self, BranchRow, TxRow};
+use super::unit::{Begin, Decide, NewDtmBranch, RegisterDtmBranch};
 use crate::http::extract::QueryParams;
 use crate::http::{ApiError, JsonBody};
 use crate::time::{now_ms, rfc3339};
@@ -189,12 +190,11 @@ async fn prepare(data: Data, JsonBody(body): JsonBody<PrepareBody>) -> Answer {
         last_error: None,
         due_at: now + timeout_ms,
         lease_owner: None,
-        branch_seq: 0,
         protocol: PROTOCOL.into(),
         options: Some(serde_json::to_string(&body.options).unwrap_or_default()),
     };
     let gid = body.gid;
-    match data.pool.run(move |p| store::begin(p, row)).await? {
+    match data.engine.writer.begin(row).await? {
         Begin::Created(_) => {
             data.engine.metrics.transition(None, TxStatus::Trying);
             log::info!("gid={gid} prepared (DTM, timeout {timeout_ms} ms)");
@@ -244,7 +244,7 @@ async fn register_branch(data: Data, JsonBody(body): JsonBody<HashMap<String, Va
             "Field `data` must be at most {MAX_PAYLOAD_BYTES} bytes."
         )));
     }
-    let new = store::NewDtmBranch {
+    let new = NewDtmBranch {
         gid: gid.clone(),
         branch_id: branch_id.clone(),
         data: branch_data,
@@ -252,28 +252,24 @@ async fn register_branch(data: Data, JsonBody(body): JsonBody<HashMap<String, Va
         cancel_url: cancel,
         now: now_ms(),
     };
-    match data
-        .pool
-        .run(move |p| store::register_dtm_branch(p, new))
-        .await?
-    {
-        store::RegisterDtmBranch::Registered => {
+    match data.engine.writer.add_dtm_branch(new).await? {
+        RegisterDtmBranch::Registered => {
             log::info!("gid={gid} branch={branch_id} registered (DTM)");
             Ok(success())
         }
-        store::RegisterDtmBranch::Duplicate => Ok(success()),
-        store::RegisterDtmBranch::NotFound => Err(not_found(&gid)),
-        store::RegisterDtmBranch::NotPrepared(s) => Err(failure(format!(
+        RegisterDtmBranch::Duplicate => Ok(success()),
+        RegisterDtmBranch::NotFound => Err(not_found(&gid)),
+        RegisterDtmBranch::NotPrepared(s) => Err(failure(format!(
             "Transaction {gid} is {}; branches can only be registered while it is prepared.",
             dtm_status(s)
         ))),
-        store::RegisterDtmBranch::Expired => {
+        RegisterDtmBranch::Expired => {
             data.engine.abort(&gid, "timed out").await?;
             Err(failure(format!(
                 "Transaction {gid} has timed out and is aborted."
             )))
         }
-        store::RegisterDtmBranch::Mismatch => Err(failure(format!(
+        RegisterDtmBranch::Mismatch => Err(failure(format!(
             "Branch {branch_id} of {gid} was already registered with other data or URLs."
         ))),
     }

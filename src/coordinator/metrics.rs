@@ -1,6 +1,6 @@
 //! Prometheus metrics of the coordinator.
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::model::{CallOutcome, Op, TxStatus};
 
@@ -8,6 +8,7 @@ pub struct Metrics {
     pub registry: Registry,
     transitions: IntCounterVec,
     branch_calls: IntCounterVec,
+    batch_writes: HistogramVec,
     pub stuck: IntGauge,
 }
 
@@ -35,9 +36,20 @@ impl Metrics {
             "Decided transactions whose phase two has failed at least --stuck-after-attempts times",
         )
         .expect("valid metric");
+        let batch_writes = HistogramVec::new(
+            HistogramOpts::new(
+                "tccd_db_batch_writes",
+                "Writes committed together in one local transaction, by whether the commit waited \
+                 for the WAL flush",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            &["commit"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(transitions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(branch_calls.clone()),
+            Box::new(batch_writes.clone()),
             Box::new(stuck.clone()),
         ] {
             registry.register(c).expect("metric registered once");
@@ -46,6 +58,7 @@ impl Metrics {
             registry,
             transitions,
             branch_calls,
+            batch_writes,
             stuck,
         }
     }
@@ -56,6 +69,14 @@ impl Metrics {
         self.transitions
             .with_label_values(&[from, to.as_str()])
             .inc();
+    }
+
+    /// The writer committed `writes` writes in one batch.
+    pub fn batch(&self, durable: bool, writes: usize) {
+        let commit = if durable { "durable" } else { "relaxed" };
+        self.batch_writes
+            .with_label_values(&[commit])
+            .observe(writes as f64);
     }
 
     pub fn call(&self, op: Op, outcome: CallOutcome) {

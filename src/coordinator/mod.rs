@@ -10,7 +10,9 @@ pub mod metrics;
 pub mod model;
 pub mod recovery;
 pub mod store;
+pub mod unit;
 pub mod view;
+pub mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,16 +31,24 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), String> {
     args.validate()?;
     let url = args.database_url.clone();
     let pool_size = args.db_pool_size;
-    let pool = tokio::task::spawn_blocking(move || Pool::connect(&url, pool_size))
-        .await
-        .map_err(|e| e.to_string())??;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let m = metrics.clone();
+    let interval = Duration::from_millis(args.batch_interval_ms);
+    // Migrations run first, then the writer's lanes open their own connections.
+    let (pool, writer) = tokio::task::spawn_blocking(move || {
+        let pool = Pool::connect(&url, pool_size)?;
+        Ok::<_, String>((pool, writer::Writer::start(&url, interval, &m)?))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
     log::info!("coordinator database: {}", pool.backend_name());
 
     let owner = format!("coord-{}", uuid::Uuid::new_v4().simple());
     let engine = Arc::new(Engine {
         pool: pool.clone(),
+        writer,
         invoker: invoker::Invoker::new(Duration::from_millis(args.request_timeout_ms))?,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
         cfg: EngineConfig {
             owner: owner.clone(),
             lease_ms: args.lease_ms as i64,

@@ -1,12 +1,15 @@
 //! The coordinator's persistence (diesel). Every function here is blocking and takes its
-//! connection from the pool itself; callers run it through `Pool::run`. Each function is one
-//! local transaction with no I/O inside. Status changes are compare-and-set on the old status.
+//! connection from the pool itself; callers run it through `Pool::run` (reads, resources,
+//! recovery claims) or the writer's lanes (the transaction writes, see [`write_batch`]). Each
+//! function is one local transaction with no I/O inside.
 
 use std::collections::HashMap;
 
 use diesel::prelude::*;
+use diesel::upsert::excluded;
 
-use super::model::{BranchStatus, CallOutcome, Op, TxStatus};
+use super::model::{BranchStatus, Op, TxStatus};
+use super::unit::{Changes, DriveInput, Unit, Write, Written};
 use crate::db::schema::{branches, resources, transactions};
 use crate::db::{DbConn, Pool, StoreError};
 use crate::with_conn;
@@ -33,7 +36,7 @@ impl ResourceRow {
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = transactions)]
+#[diesel(table_name = transactions, treat_none_as_default_value = false)]
 pub struct TxRow {
     pub gid: String,
     pub status: String,
@@ -48,7 +51,6 @@ pub struct TxRow {
     pub last_error: Option<String>,
     pub due_at: i64,
     pub lease_owner: Option<String>,
-    pub branch_seq: i64,
     /// `native`, or `dtm` for a transaction made through /api/dtmsvr.
     pub protocol: String,
     /// DTM's per-transaction options (JSON), for `dtm` transactions.
@@ -62,7 +64,7 @@ impl TxRow {
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = branches)]
+#[diesel(table_name = branches, treat_none_as_default_value = false)]
 pub struct BranchRow {
     pub gid: String,
     pub branch_id: String,
@@ -82,7 +84,13 @@ pub struct BranchRow {
 
 impl BranchRow {
     /// A branch just registered: no call made yet on its behalf.
-    fn new(gid: &str, branch_id: &str, status: BranchStatus, payload: &str, now: i64) -> BranchRow {
+    pub fn new(
+        gid: &str,
+        branch_id: &str,
+        status: BranchStatus,
+        payload: &str,
+        now: i64,
+    ) -> BranchRow {
         BranchRow {
             gid: gid.to_string(),
             branch_id: branch_id.to_string(),
@@ -119,17 +127,21 @@ pub type TxWithBranches = (TxRow, Vec<BranchRow>);
 
 /// Row-locking reads that differ per backend.
 trait CoordConn: DbConn {
-    /// Reads a transaction and holds its row until the local transaction ends (on SQLite the
+    /// Reads transactions and holds their rows until the local transaction ends, locking them
+    /// in gid order so that two writers never wait for each other in a cycle (on SQLite the
     /// immediate transaction already holds the database's write lock).
-    fn lock_tx(&mut self, gid: &str) -> QueryResult<Option<TxRow>>;
+    fn lock_txs(&mut self, gids: &[&str]) -> QueryResult<Vec<TxRow>>;
     /// Open transactions whose due time has passed, skipping rows another coordinator is
     /// claiming right now (Postgres `FOR UPDATE SKIP LOCKED`).
     fn due(&mut self, now: i64, limit: i64) -> QueryResult<Vec<(String, String)>>;
 }
 
 impl CoordConn for SqliteConnection {
-    fn lock_tx(&mut self, gid: &str) -> QueryResult<Option<TxRow>> {
-        self.tx_of(gid)
+    fn lock_txs(&mut self, gids: &[&str]) -> QueryResult<Vec<TxRow>> {
+        transactions::table
+            .filter(transactions::gid.eq_any(gids))
+            .select(TxRow::as_select())
+            .load(self)
     }
 
     fn due(&mut self, now: i64, limit: i64) -> QueryResult<Vec<(String, String)>> {
@@ -144,13 +156,13 @@ impl CoordConn for SqliteConnection {
 }
 
 impl CoordConn for PgConnection {
-    fn lock_tx(&mut self, gid: &str) -> QueryResult<Option<TxRow>> {
+    fn lock_txs(&mut self, gids: &[&str]) -> QueryResult<Vec<TxRow>> {
         transactions::table
-            .find(gid)
+            .filter(transactions::gid.eq_any(gids))
             .select(TxRow::as_select())
+            .order(transactions::gid.asc())
             .for_update()
-            .first(self)
-            .optional()
+            .load(self)
     }
 
     fn due(&mut self, now: i64, limit: i64) -> QueryResult<Vec<(String, String)>> {
@@ -172,6 +184,12 @@ trait CoordReads {
     fn branches_of(&mut self, gid: &str) -> QueryResult<Vec<BranchRow>>;
     fn resources_of(&mut self, branches: &[BranchRow])
     -> QueryResult<HashMap<String, ResourceRow>>;
+    /// All branches of these transactions.
+    fn branches_of_all(&mut self, gids: &[&str]) -> QueryResult<Vec<BranchRow>>;
+    fn resources_named(&mut self, names: &[&str]) -> QueryResult<Vec<ResourceRow>>;
+    /// Inserts and updates what a batch changed, in chunks that stay under every backend's
+    /// limit of bound parameters. Fails if a row to insert exists already.
+    fn store_changes(&mut self, changes: &Changes<'_>) -> QueryResult<()>;
 }
 
 macro_rules! impl_coord_reads {
@@ -205,20 +223,132 @@ macro_rules! impl_coord_reads {
                 if names.is_empty() {
                     return Ok(HashMap::new());
                 }
-                Ok(resources::table
-                    .filter(resources::name.eq_any(&names))
-                    .select(ResourceRow::as_select())
-                    .load::<ResourceRow>(self)?
+                Ok(self
+                    .resources_named(&names)?
                     .into_iter()
                     .map(|r| (r.name.clone(), r))
                     .collect())
+            }
+
+            fn branches_of_all(&mut self, gids: &[&str]) -> QueryResult<Vec<BranchRow>> {
+                if gids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                branches::table
+                    .filter(branches::gid.eq_any(gids))
+                    .select(BranchRow::as_select())
+                    .load(self)
+            }
+
+            fn resources_named(&mut self, names: &[&str]) -> QueryResult<Vec<ResourceRow>> {
+                if names.is_empty() {
+                    return Ok(Vec::new());
+                }
+                resources::table
+                    .filter(resources::name.eq_any(names))
+                    .select(ResourceRow::as_select())
+                    .load(self)
+            }
+
+            fn store_changes(&mut self, c: &Changes<'_>) -> QueryResult<()> {
+                for rows in c.new_txs.chunks(ROWS_PER_STATEMENT) {
+                    let n = diesel::insert_into(transactions::table)
+                        .values(rows.iter().copied().cloned().collect::<Vec<_>>())
+                        .on_conflict_do_nothing()
+                        .execute(self)?;
+                    if n != rows.len() {
+                        return Err(diesel::result::Error::RollbackTransaction);
+                    }
+                }
+                for rows in c.changed_txs.chunks(ROWS_PER_STATEMENT) {
+                    // An update of whole rows by key, many rows in one statement.
+                    diesel::insert_into(transactions::table)
+                        .values(rows.iter().copied().cloned().collect::<Vec<_>>())
+                        .on_conflict(transactions::gid)
+                        .do_update()
+                        .set((
+                            transactions::status.eq(excluded(transactions::status)),
+                            transactions::updated_at.eq(excluded(transactions::updated_at)),
+                            transactions::finished_at.eq(excluded(transactions::finished_at)),
+                            transactions::reason.eq(excluded(transactions::reason)),
+                            transactions::attempts.eq(excluded(transactions::attempts)),
+                            transactions::next_retry_at.eq(excluded(transactions::next_retry_at)),
+                            transactions::last_error.eq(excluded(transactions::last_error)),
+                            transactions::due_at.eq(excluded(transactions::due_at)),
+                            transactions::lease_owner.eq(excluded(transactions::lease_owner)),
+                        ))
+                        .execute(self)?;
+                }
+                for rows in c.new_branches.chunks(ROWS_PER_STATEMENT) {
+                    let n = diesel::insert_into(branches::table)
+                        .values(rows.iter().copied().cloned().collect::<Vec<_>>())
+                        .on_conflict_do_nothing()
+                        .execute(self)?;
+                    if n != rows.len() {
+                        return Err(diesel::result::Error::RollbackTransaction);
+                    }
+                }
+                for rows in c.changed_branches.chunks(ROWS_PER_STATEMENT) {
+                    diesel::insert_into(branches::table)
+                        .values(rows.iter().copied().cloned().collect::<Vec<_>>())
+                        .on_conflict((branches::gid, branches::branch_id))
+                        .do_update()
+                        .set((
+                            branches::status.eq(excluded(branches::status)),
+                            branches::try_outcome.eq(excluded(branches::try_outcome)),
+                            branches::response.eq(excluded(branches::response)),
+                            branches::attempts.eq(excluded(branches::attempts)),
+                            branches::last_error.eq(excluded(branches::last_error)),
+                            branches::updated_at.eq(excluded(branches::updated_at)),
+                        ))
+                        .execute(self)?;
+                }
+                Ok(())
             }
         }
     };
 }
 
+/// Rows per multi-row statement: 16 columns × 500 stays far below SQLite's 32,766 and
+/// Postgres's 65,535 bound parameters.
+const ROWS_PER_STATEMENT: usize = 500;
+
 impl_coord_reads!(SqliteConnection);
 impl_coord_reads!(PgConnection);
+
+// ---------------------------------------------------------------------------------------------
+// Transaction writes, in batches
+
+/// Applies a batch of writes in one local transaction: locks the transactions they touch,
+/// loads their branches and the resources they need, applies the writes in order (see
+/// [`Unit`]) and stores every row that changed. Whether the commit waits for the WAL flush is
+/// the pool's setting ([`crate::db::Commits`]). The answers hold only once this returns Ok.
+pub fn write_batch(pool: &Pool, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
+    let mut gids: Vec<&str> = writes.iter().map(Write::gid).collect();
+    gids.sort_unstable();
+    gids.dedup();
+    with_conn!(pool, |conn| conn
+        .write_txn(|conn| apply_batch(conn, writes, &gids)))
+}
+
+fn apply_batch<C: CoordConn + CoordReads>(
+    conn: &mut C,
+    writes: &[Write],
+    gids: &[&str],
+) -> Result<Vec<Written>, StoreError> {
+    let txs = conn.lock_txs(gids)?;
+    let found: Vec<&str> = txs.iter().map(|t| t.gid.as_str()).collect();
+    let branches = conn.branches_of_all(&found)?;
+    let names = Unit::resource_names(writes, &branches);
+    let resources = conn.resources_named(&names)?;
+    let mut unit = Unit::new(txs, branches, resources);
+    let written = writes.iter().map(|w| unit.apply(w)).collect();
+    let changes = unit.changes();
+    if !changes.is_empty() {
+        conn.store_changes(&changes)?;
+    }
+    Ok(written)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Resources
@@ -309,32 +439,6 @@ pub fn delete_resource(pool: &Pool, name: &str) -> Result<DeleteResource, StoreE
 // ---------------------------------------------------------------------------------------------
 // Transactions
 
-pub enum Begin {
-    Created(TxRow),
-    Existing(TxRow),
-}
-
-/// Inserts a new `trying` transaction, or returns the one with this gid. Written without
-/// waiting for the WAL flush: if a crash loses it, nothing was sent on its behalf yet and the
-/// client's next call finds no transaction.
-pub fn begin(pool: &Pool, row: TxRow) -> Result<Begin, StoreError> {
-    with_conn!(pool, |conn| conn.relaxed_txn(|conn| {
-        // Insert first: the common case is a new gid, one statement.
-        let inserted = diesel::insert_into(transactions::table)
-            .values(&row)
-            .on_conflict_do_nothing()
-            .execute(conn)?;
-        if inserted == 1 {
-            return Ok(Begin::Created(row));
-        }
-        let existing: TxRow = transactions::table
-            .find(&row.gid)
-            .select(TxRow::as_select())
-            .first(conn)?;
-        Ok(Begin::Existing(existing))
-    }))
-}
-
 pub fn get_tx(pool: &Pool, gid: &str) -> Result<Option<TxWithBranches>, StoreError> {
     with_conn!(pool, |conn| {
         let Some(tx) = conn.tx_of(gid)? else {
@@ -399,314 +503,6 @@ pub fn list_txs(
     })
 }
 
-// ---------------------------------------------------------------------------------------------
-// Branches
-
-pub struct NewBranch {
-    pub gid: String,
-    pub branch_id: Option<String>,
-    pub resource: String,
-    /// Canonical JSON text of the payload.
-    pub payload: String,
-    pub now: i64,
-}
-
-pub enum PrepareBranch {
-    NotFound,
-    /// The transaction is past the trying phase.
-    NotTrying(TxStatus),
-    /// Past `expires_at`: the caller must abort it.
-    Expired,
-    UnknownResource,
-    /// This branch id was registered before with the same resource and payload.
-    Existing(BranchRow),
-    /// This branch id was registered before with another resource or payload.
-    Mismatch,
-    /// Stored durably as `trying`: the Try may now be sent.
-    New(BranchRow, ResourceRow),
-}
-
-/// Stores a branch as `trying` before its Try is sent (durable before effect). The
-/// transaction's row is locked so that no commit or abort decision can slip in between the
-/// status check and the insert.
-pub fn prepare_branch(pool: &Pool, new: NewBranch) -> Result<PrepareBranch, StoreError> {
-    with_conn!(pool, |conn| conn.write_txn(|conn| {
-        let Some(tx) = conn.lock_tx(&new.gid)? else {
-            return Ok(PrepareBranch::NotFound);
-        };
-        if tx.status() != TxStatus::Trying {
-            return Ok(PrepareBranch::NotTrying(tx.status()));
-        }
-        if let Some(id) = &new.branch_id {
-            let existing: Option<BranchRow> = branches::table
-                .find((&new.gid, id))
-                .select(BranchRow::as_select())
-                .first(conn)
-                .optional()?;
-            if let Some(b) = existing {
-                return Ok(if b.resource == new.resource && b.payload == new.payload {
-                    PrepareBranch::Existing(b)
-                } else {
-                    PrepareBranch::Mismatch
-                });
-            }
-        }
-        if tx.expires_at <= new.now {
-            return Ok(PrepareBranch::Expired);
-        }
-        let resource: Option<ResourceRow> = resources::table
-            .find(&new.resource)
-            .select(ResourceRow::as_select())
-            .first(conn)
-            .optional()?;
-        let Some(resource) = resource else {
-            return Ok(PrepareBranch::UnknownResource);
-        };
-        let mut seq = tx.branch_seq;
-        let mut row = BranchRow {
-            resource: new.resource.clone(),
-            ..BranchRow::new(&new.gid, "", BranchStatus::Trying, &new.payload, new.now)
-        };
-        match &new.branch_id {
-            Some(id) => {
-                row.branch_id = id.clone();
-                diesel::insert_into(branches::table)
-                    .values(&row)
-                    .execute(conn)?;
-            }
-            // The next number; one a client already took as an explicit id is skipped.
-            None => loop {
-                seq += 1;
-                row.branch_id = super::model::auto_branch_id(seq);
-                let inserted = diesel::insert_into(branches::table)
-                    .values(&row)
-                    .on_conflict_do_nothing()
-                    .execute(conn)?;
-                if inserted == 1 {
-                    break;
-                }
-            },
-        }
-        diesel::update(transactions::table.find(&new.gid))
-            .set((
-                transactions::branch_seq.eq(seq),
-                transactions::updated_at.eq(new.now),
-            ))
-            .execute(conn)?;
-        Ok(PrepareBranch::New(row, resource))
-    }))
-}
-
-pub struct NewDtmBranch {
-    pub gid: String,
-    pub branch_id: String,
-    /// The branch data exactly as the client sent it (the body of its Confirm and Cancel).
-    pub data: String,
-    pub confirm_url: String,
-    pub cancel_url: String,
-    pub now: i64,
-}
-
-pub enum RegisterDtmBranch {
-    Registered,
-    /// The same branch was registered before with the same data and URLs.
-    Duplicate,
-    /// The same branch id was registered before with other data or URLs.
-    Mismatch,
-    NotFound,
-    NotPrepared(TxStatus),
-    /// Past `expires_at`: the caller must abort it.
-    Expired,
-}
-
-/// Stores a DTM branch before its client sends the Try (durable before effect). The
-/// coordinator never sees that Try, so the branch is `tried`: confirmed on submit, cancelled on
-/// abort (the resource's barrier makes a Cancel of a Try that never ran a no-op).
-pub fn register_dtm_branch(
-    pool: &Pool,
-    new: NewDtmBranch,
-) -> Result<RegisterDtmBranch, StoreError> {
-    with_conn!(pool, |conn| conn.write_txn(|conn| {
-        let Some(tx) = conn.lock_tx(&new.gid)? else {
-            return Ok(RegisterDtmBranch::NotFound);
-        };
-        let existing: Option<BranchRow> = branches::table
-            .find((&new.gid, &new.branch_id))
-            .select(BranchRow::as_select())
-            .first(conn)
-            .optional()?;
-        if let Some(b) = existing {
-            let same = b.payload == new.data
-                && b.confirm_url.as_deref() == Some(new.confirm_url.as_str())
-                && b.cancel_url.as_deref() == Some(new.cancel_url.as_str());
-            return Ok(if same {
-                RegisterDtmBranch::Duplicate
-            } else {
-                RegisterDtmBranch::Mismatch
-            });
-        }
-        if tx.status() != TxStatus::Trying {
-            return Ok(RegisterDtmBranch::NotPrepared(tx.status()));
-        }
-        if tx.expires_at <= new.now {
-            return Ok(RegisterDtmBranch::Expired);
-        }
-        let row = BranchRow {
-            confirm_url: Some(new.confirm_url.clone()),
-            cancel_url: Some(new.cancel_url.clone()),
-            ..BranchRow::new(
-                &new.gid,
-                &new.branch_id,
-                BranchStatus::Tried,
-                &new.data,
-                new.now,
-            )
-        };
-        diesel::insert_into(branches::table)
-            .values(&row)
-            .execute(conn)?;
-        diesel::update(transactions::table.find(&new.gid))
-            .set(transactions::updated_at.eq(new.now))
-            .execute(conn)?;
-        Ok(RegisterDtmBranch::Registered)
-    }))
-}
-
-/// Records a Try's outcome, unless phase two already moved the branch on; returns the
-/// transaction's status. Written without
-/// waiting: if it is lost, the branch stays `trying`, which blocks commit and is cancelled on
-/// abort or timeout (Cancel is safe whether or not the Try happened).
-pub fn record_try(
-    pool: &Pool,
-    gid: &str,
-    branch_id: &str,
-    outcome: CallOutcome,
-    response: Option<String>,
-    error: Option<String>,
-    now: i64,
-) -> Result<TxStatus, StoreError> {
-    let status = match outcome {
-        CallOutcome::Done => BranchStatus::Tried,
-        _ => BranchStatus::Failed,
-    };
-    with_conn!(pool, |conn| conn.relaxed_txn(|conn| {
-        // Recorded only while the transaction is still trying: once a decision is made, phase
-        // two owns the branch (and cancels it whatever its Try did).
-        let still_trying = transactions::table
-            .filter(transactions::gid.eq(gid))
-            .filter(transactions::status.eq(TxStatus::Trying.as_str()));
-        let updated = diesel::update(
-            branches::table
-                .find((gid, branch_id))
-                .filter(branches::status.eq(BranchStatus::Trying.as_str()))
-                .filter(diesel::dsl::exists(still_trying)),
-        )
-        .set((
-            branches::status.eq(status.as_str()),
-            branches::try_outcome.eq(outcome.as_str()),
-            branches::response.eq(response),
-            branches::last_error.eq(error),
-            branches::attempts.eq(branches::attempts + 1),
-            branches::updated_at.eq(now),
-        ))
-        .execute(conn)?;
-        if updated == 1 {
-            return Ok(TxStatus::Trying);
-        }
-        let tx: String = transactions::table
-            .find(gid)
-            .select(transactions::status)
-            .first(conn)?;
-        Ok(TxStatus::parse(&tx).unwrap_or(TxStatus::Trying))
-    }))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Decisions and phase two
-
-pub enum Decide {
-    NotFound,
-    /// We moved the transaction and hold its lease: drive it (everything phase two needs was
-    /// read in the same local transaction).
-    Decided(DriveInput),
-    /// Nothing changed; the transaction is in this status.
-    Unchanged(TxStatus),
-    /// Commit asked after `expires_at`: the transaction was moved to aborting instead, and we
-    /// hold its lease.
-    Expired(DriveInput),
-    /// Commit asked while a branch's Try is still open or has failed.
-    BranchOpen(String),
-}
-
-pub struct Decision<'a> {
-    pub gid: &'a str,
-    pub to: TxStatus,
-    pub reason: Option<&'a str>,
-    pub owner: &'a str,
-    pub lease_ms: i64,
-    pub now: i64,
-}
-
-/// The decision: `trying → committing` or `trying → aborting`, made durable before any
-/// Confirm or Cancel is sent, with the lease taken in the same write.
-pub fn decide(pool: &Pool, d: Decision<'_>) -> Result<Decide, StoreError> {
-    with_conn!(pool, |conn| conn.write_txn(|conn| {
-        let Some(tx) = conn.lock_tx(d.gid)? else {
-            return Ok(Decide::NotFound);
-        };
-        // Only `trying` moves to a decision; nothing crosses from one path to the other.
-        if !tx.status().can_move_to(d.to) {
-            return Ok(Decide::Unchanged(tx.status()));
-        }
-        let mut to = d.to;
-        let mut reason = d.reason.map(str::to_string);
-        let mut expired = false;
-        let branches = conn.branches_of(d.gid)?;
-        if to == TxStatus::Committing {
-            if tx.expires_at <= d.now {
-                to = TxStatus::Aborting;
-                reason = Some("timed out before commit".into());
-                expired = true;
-            } else if let Some(b) = branches
-                .iter()
-                .find(|b| matches!(b.status(), BranchStatus::Trying | BranchStatus::Failed))
-            {
-                return Ok(Decide::BranchOpen(format!(
-                    "branch {} is {}",
-                    b.branch_id, b.status
-                )));
-            }
-        }
-        diesel::update(transactions::table.find(d.gid))
-            .set((
-                transactions::status.eq(to.as_str()),
-                transactions::reason.eq(&reason),
-                transactions::updated_at.eq(d.now),
-                transactions::lease_owner.eq(d.owner),
-                transactions::due_at.eq(d.now + d.lease_ms),
-            ))
-            .execute(conn)?;
-        let row = TxRow {
-            status: to.as_str().into(),
-            reason,
-            updated_at: d.now,
-            lease_owner: Some(d.owner.to_string()),
-            due_at: d.now + d.lease_ms,
-            ..tx
-        };
-        let resources = conn.resources_of(&branches)?;
-        let input = (row, branches, resources);
-        Ok(if expired {
-            Decide::Expired(input)
-        } else {
-            Decide::Decided(input)
-        })
-    }))
-}
-
-/// A transaction, its branches and their resources by name.
-pub type DriveInput = (TxRow, Vec<BranchRow>, HashMap<String, ResourceRow>);
-
 /// What phase two needs: the transaction, its branches and their resources' current URLs
 /// (resolved now, so a re-registration redirects in-flight transactions).
 pub fn load_for_drive(pool: &Pool, gid: &str) -> Result<Option<DriveInput>, StoreError> {
@@ -718,147 +514,6 @@ pub fn load_for_drive(pool: &Pool, gid: &str) -> Result<Option<DriveInput>, Stor
         let resources = conn.resources_of(&branches)?;
         Ok(Some((tx, branches, resources)))
     })
-}
-
-pub struct DriveResult<'a> {
-    pub gid: &'a str,
-    pub owner: &'a str,
-    /// The transaction and its branches as the driver loaded them under its lease (nobody else
-    /// changes whether a branch still needs phase two while the lease is held).
-    pub tx: TxRow,
-    pub branches: Vec<BranchRow>,
-    pub from: TxStatus,
-    pub op: Op,
-    /// Per called branch: Ok, or the error text.
-    pub calls: Vec<(String, Result<(), String>)>,
-    pub now: i64,
-    /// When not everything is done: the retry time.
-    pub retry_at: i64,
-}
-
-pub enum Finish {
-    /// The transaction reached its final status (we made the change); its rows now.
-    Final(TxStatus, TxWithBranches),
-    /// Some branches still need the call: the new attempt count, and the rows now.
-    Retry(i64, TxWithBranches),
-    /// Another driver took over or finished it first.
-    Lost,
-}
-
-/// Records a phase-two pass in one local transaction: each branch's result and then, only if no
-/// branch is left open, the final status — decided once, under the lease, never by concurrent
-/// per-branch completions. Written without waiting for the WAL flush: if lost, recovery finds
-/// the transaction still decided and repeats the (idempotent) calls.
-pub fn finish_drive(pool: &Pool, r: DriveResult<'_>) -> Result<Finish, StoreError> {
-    let done_status = BranchStatus::after(r.op);
-    let done: Vec<&str> = r
-        .calls
-        .iter()
-        .filter(|(_, res)| res.is_ok())
-        .map(|(id, _)| id.as_str())
-        .collect();
-    with_conn!(pool, |conn| conn.relaxed_txn(|conn| {
-        if !done.is_empty() {
-            diesel::update(
-                branches::table
-                    .filter(branches::gid.eq(r.gid))
-                    .filter(branches::branch_id.eq_any(&done)),
-            )
-            .set((
-                branches::status.eq(done_status.as_str()),
-                branches::attempts.eq(branches::attempts + 1),
-                branches::last_error.eq(None::<String>),
-                branches::updated_at.eq(r.now),
-            ))
-            .execute(conn)?;
-        }
-        for (branch_id, result) in &r.calls {
-            if let Err(e) = result {
-                diesel::update(branches::table.find((r.gid, branch_id)))
-                    .set((
-                        branches::attempts.eq(branches::attempts + 1),
-                        branches::last_error.eq(e),
-                        branches::updated_at.eq(r.now),
-                    ))
-                    .execute(conn)?;
-            }
-        }
-        let mut branches = r.branches.clone();
-        for b in branches.iter_mut() {
-            match r.calls.iter().find(|(id, _)| *id == b.branch_id) {
-                Some((_, Ok(()))) => {
-                    b.status = done_status.as_str().into();
-                    b.attempts += 1;
-                    b.last_error = None;
-                    b.updated_at = r.now;
-                }
-                Some((_, Err(e))) => {
-                    b.attempts += 1;
-                    b.last_error = Some(e.clone());
-                    b.updated_at = r.now;
-                }
-                None => {}
-            }
-        }
-        // Only the lease holder of the still-decided transaction writes its outcome.
-        let mine = transactions::table
-            .filter(transactions::gid.eq(r.gid))
-            .filter(transactions::status.eq(r.from.as_str()))
-            .filter(transactions::lease_owner.eq(r.owner));
-        let open = branches.iter().filter(|b| b.status().needs(r.op)).count();
-        if open == 0 {
-            let to = r.from.final_status().unwrap_or(r.from);
-            let n = diesel::update(mine)
-                .set((
-                    transactions::status.eq(to.as_str()),
-                    transactions::finished_at.eq(r.now),
-                    transactions::updated_at.eq(r.now),
-                    transactions::next_retry_at.eq(None::<i64>),
-                    transactions::lease_owner.eq(None::<String>),
-                ))
-                .execute(conn)?;
-            if n == 0 {
-                return Ok(Finish::Lost);
-            }
-            let tx = TxRow {
-                status: to.as_str().into(),
-                finished_at: Some(r.now),
-                updated_at: r.now,
-                next_retry_at: None,
-                lease_owner: None,
-                ..r.tx.clone()
-            };
-            return Ok(Finish::Final(to, (tx, branches)));
-        }
-        let error = r
-            .calls
-            .iter()
-            .find_map(|(id, res)| res.as_ref().err().map(|e| format!("branch {id}: {e}")));
-        let n = diesel::update(mine)
-            .set((
-                transactions::attempts.eq(transactions::attempts + 1),
-                transactions::next_retry_at.eq(r.retry_at),
-                transactions::due_at.eq(r.retry_at),
-                transactions::last_error.eq(&error),
-                transactions::updated_at.eq(r.now),
-                transactions::lease_owner.eq(None::<String>),
-            ))
-            .execute(conn)?;
-        if n == 0 {
-            return Ok(Finish::Lost);
-        }
-        let attempts = r.tx.attempts + 1;
-        let tx = TxRow {
-            attempts,
-            next_retry_at: Some(r.retry_at),
-            due_at: r.retry_at,
-            last_error: error,
-            updated_at: r.now,
-            lease_owner: None,
-            ..r.tx.clone()
-        };
-        Ok(Finish::Retry(attempts, (tx, branches)))
-    }))
 }
 
 /// A transaction recovery claimed: `from` is the status it had, `to` the one it has now

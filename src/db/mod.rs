@@ -83,18 +83,58 @@ impl Backend {
     }
 }
 
-#[derive(Debug)]
-struct SqlitePragmas;
+/// How the commits of a pool's connections treat the write-ahead log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commits {
+    /// A commit returns once it is on disk.
+    Durable,
+    /// A commit returns before its WAL record is flushed, for writes that recovery can redo or
+    /// rebuild (Postgres `synchronous_commit = off`; SQLite `synchronous = NORMAL` in WAL
+    /// mode). A crash may lose the last such commits, never reorder them: the next durable
+    /// commit flushes the log up to itself, these included.
+    Relaxed,
+}
 
-impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+/// Settings every connection of a pool gets when it is opened.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    commits: Commits,
+    /// Every statement finds its rows by key: never scan a table whole (Postgres). The
+    /// planner's cost model (random reads from disk) prefers a scan to a few dozen key lookups
+    /// in a table of some hundred pages, and keeps a plan it cached while the table was empty.
+    key_lookups: bool,
+}
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Session {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         // WAL lets readers run beside the writer; synchronous=FULL makes every commit durable;
         // the busy timeout makes writers queue instead of failing at once.
-        conn.batch_execute(
+        let synchronous = match self.commits {
+            Commits::Durable => "FULL",
+            Commits::Relaxed => "NORMAL",
+        };
+        conn.batch_execute(&format!(
             "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-             PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
-        )
+             PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;"
+        ))
         .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for Session {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        let mut sql = String::new();
+        if self.commits == Commits::Relaxed {
+            sql.push_str("SET synchronous_commit = off;");
+        }
+        if self.key_lookups {
+            sql.push_str("SET enable_seqscan = off;");
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        conn.batch_execute(&sql)
+            .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -109,8 +149,28 @@ pub enum Pool {
 impl Pool {
     /// Opens the pool and runs the embedded migrations of the URL's backend.
     pub fn connect(url: &str, max_size: u32) -> Result<Pool, String> {
+        let session = Session {
+            commits: Commits::Durable,
+            key_lookups: false,
+        };
+        let pool = Pool::open(url, max_size, session)?;
+        pool.migrate()?;
+        Ok(pool)
+    }
+
+    /// A pool of one connection for a writer that reads and writes many rows by key in each
+    /// statement (`WHERE key = ANY(…)`); migrations must have run.
+    pub fn single_writer(url: &str, commits: Commits) -> Result<Pool, String> {
+        let session = Session {
+            commits,
+            key_lookups: true,
+        };
+        Pool::open(url, 1, session)
+    }
+
+    fn open(url: &str, max_size: u32, session: Session) -> Result<Pool, String> {
         let backend = Backend::from_url(url)?;
-        let pool = match &backend {
+        Ok(match &backend {
             Backend::Sqlite(path) => {
                 if let Some(dir) = std::path::Path::new(path).parent()
                     && !dir.as_os_str().is_empty()
@@ -123,7 +183,7 @@ impl Pool {
                     .min_idle(Some(1))
                     .test_on_check_out(false)
                     .connection_timeout(Duration::from_secs(10))
-                    .connection_customizer(Box::new(SqlitePragmas))
+                    .connection_customizer(Box::new(session))
                     .build(ConnectionManager::<SqliteConnection>::new(path.as_str()))
                     .map_err(|e| format!("cannot open SQLite database {path}: {e}"))?;
                 Pool::Sqlite(pool)
@@ -134,13 +194,12 @@ impl Pool {
                     .min_idle(Some(1))
                     .test_on_check_out(false)
                     .connection_timeout(Duration::from_secs(5))
+                    .connection_customizer(Box::new(session))
                     .build(ConnectionManager::<PgConnection>::new(url.as_str()))
                     .map_err(|e| format!("cannot connect to Postgres: {e}"))?;
                 Pool::Postgres(pool)
             }
-        };
-        pool.migrate()?;
-        Ok(pool)
+        })
     }
 
     fn migrate(&self) -> Result<(), String> {
@@ -221,15 +280,6 @@ pub trait DbConn: Connection + Sized {
     where
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: From<DieselError>;
-
-    /// Like `write_txn`, for writes that recovery can redo or rebuild: the commit does not wait
-    /// for the WAL flush (Postgres: `synchronous_commit = off` for this transaction only;
-    /// SQLite: `synchronous = NORMAL` around it).
-    /// A crash may lose the last such commits, never reorder them before a durable one.
-    fn relaxed_txn<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<DieselError>;
 }
 
 impl DbConn for SqliteConnection {
@@ -240,22 +290,6 @@ impl DbConn for SqliteConnection {
     {
         self.immediate_transaction(f)
     }
-
-    fn relaxed_txn<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<DieselError>,
-    {
-        // In WAL mode, synchronous=NORMAL commits without syncing the WAL; the next FULL
-        // commit syncs it, this one included, so order is kept. Set per connection, outside
-        // the transaction, and put back whatever happens.
-        self.batch_execute("PRAGMA synchronous = NORMAL")?;
-        let result = self.immediate_transaction(f);
-        let restored = self.batch_execute("PRAGMA synchronous = FULL");
-        let value = result?;
-        restored?;
-        Ok(value)
-    }
 }
 
 impl DbConn for PgConnection {
@@ -265,16 +299,5 @@ impl DbConn for PgConnection {
         E: From<DieselError>,
     {
         self.transaction(f)
-    }
-
-    fn relaxed_txn<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<DieselError>,
-    {
-        self.transaction(|conn| {
-            conn.batch_execute("SET LOCAL synchronous_commit = off")?;
-            f(conn)
-        })
     }
 }

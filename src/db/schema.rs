@@ -26,7 +26,6 @@ diesel::table! {
         last_error -> Nullable<Text>,
         due_at -> BigInt,
         lease_owner -> Nullable<Text>,
-        branch_seq -> BigInt,
         protocol -> Text,
         options -> Nullable<Text>,
     }

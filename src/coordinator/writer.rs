@@ -1,0 +1,299 @@
+//! The writer: every transaction write of the coordinator goes through one thread that commits
+//! whatever has queued up while its previous batch was being committed, in one local transaction
+//! (group commit; see [`store::write_batch`]).
+//!
+//! Under load this turns a dozen round trips and a commit per write into a handful of statements
+//! and one commit per batch, shared by all the transactions in flight; batches then start at most
+//! one interval apart, so that more writes share each. With no load a batch is a single write
+//! and nothing waits for company. A batch that holds a write which precedes an effect elsewhere
+//! (a branch before its Try, a decision before phase two) commits durably; a batch of writes that
+//! recovery can redo commits without waiting for the WAL flush (see [`Write::durable`]). Either
+//! way a write is answered only after its batch committed, so whatever a client does next sees
+//! it, on this coordinator or any other on the same database.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
+use super::model::TxStatus;
+use super::store::{self, TxRow};
+use super::unit::{
+    Begin, Decide, Decision, DriveResult, Finish, NewBranch, NewDtmBranch, PrepareBranch,
+    RegisterDtmBranch, TryOutcome, Write, Written,
+};
+use crate::db::{Commits, Pool, StoreError};
+
+/// Most writes in one batch: enough to share a commit widely, small enough that one batch never
+/// holds its locks for long.
+const MAX_BATCH: usize = 256;
+
+struct Job {
+    write: Write,
+    reply: oneshot::Sender<Result<Written, StoreError>>,
+}
+
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+macro_rules! typed_write {
+    ($(#[$doc:meta])* $name:ident($input:ty) -> $answer:ty, $variant:ident) => {
+        $(#[$doc])*
+        pub async fn $name(&self, input: $input) -> Result<$answer, StoreError> {
+            match self.write(Write::$variant(input)).await? {
+                Written::$variant(answer) => Ok(answer),
+                _ => Err(StoreError::Unavailable(
+                    concat!("the writer answered ", stringify!($name), " with another kind").into(),
+                )),
+            }
+        }
+    };
+}
+
+impl Writer {
+    /// Starts the writer thread, with two connections to the database at `url` (migrated
+    /// already): one whose commits wait for the WAL flush and one whose commits do not. Under
+    /// load, batches start at most `interval` apart. The thread stops when the writer is
+    /// dropped, after answering what it holds.
+    pub fn start(url: &str, interval: Duration, metrics: &Arc<Metrics>) -> Result<Writer, String> {
+        let mut durable = Line::open(url, Commits::Durable)?;
+        let mut relaxed = Line::open(url, Commits::Relaxed)?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("tccd-writer".into())
+            .spawn(move || {
+                let mut pacer = Pacer::new(interval);
+                let mut failures = 0;
+                while let Ok(first) = queue.recv() {
+                    std::thread::sleep(pacer.wait(Instant::now()));
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    pacer.started(Instant::now(), batch.len());
+                    let is_durable = batch.iter().any(|j| j.write.durable());
+                    metrics.batch(is_durable, batch.len());
+                    let line = if is_durable {
+                        &mut durable
+                    } else {
+                        &mut relaxed
+                    };
+                    line.commit(batch, &mut failures);
+                }
+            })
+            .map_err(|e| format!("cannot start the database writer: {e}"))?;
+        Ok(Writer { jobs })
+    }
+
+    async fn write(&self, write: Write) -> Result<Written, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { write, reply })
+            .map_err(|_| StoreError::Unavailable("the database writer has stopped".into()))?;
+        answer.await.map_err(|_| {
+            StoreError::Unavailable("the database writer stopped before answering".into())
+        })?
+    }
+
+    typed_write!(
+        /// Inserts a new `trying` transaction, or returns the one with this gid.
+        begin(TxRow) -> Begin, Begin
+    );
+    typed_write!(
+        /// Stores a branch as `trying` before its Try is sent.
+        add_branch(NewBranch) -> PrepareBranch, AddBranch
+    );
+    typed_write!(
+        /// Stores a DTM branch before its client sends the Try.
+        add_dtm_branch(NewDtmBranch) -> RegisterDtmBranch, AddDtmBranch
+    );
+    typed_write!(
+        /// Records a Try's outcome; returns the transaction's status (None: no such transaction).
+        record_try(TryOutcome) -> Option<TxStatus>, RecordTry
+    );
+    typed_write!(
+        /// The decision `trying → committing | aborting`, with the lease.
+        decide(Decision) -> Decide, Decide
+    );
+    typed_write!(
+        /// A phase-two pass's results and, when nothing is left open, the final status.
+        finish(DriveResult) -> Finish, Finish
+    );
+}
+
+/// How long a connection may sit unused before it is checked ahead of a batch.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// One of the writer's two connections.
+struct Line {
+    pool: Pool,
+    used: Instant,
+    /// The writer's count of unavailable-database failures when this line was last used.
+    failures_seen: u64,
+}
+
+impl Line {
+    fn open(url: &str, commits: Commits) -> Result<Line, String> {
+        Ok(Line {
+            pool: Pool::single_writer(url, commits)?,
+            used: Instant::now(),
+            failures_seen: 0,
+        })
+    }
+
+    /// Commits a batch; `failures` counts the batches the database was unavailable for.
+    fn commit(&mut self, batch: Vec<Job>, failures: &mut u64) {
+        // A connection may have been closed by the server since its last use (a restart, an
+        // outage the other line ran into, an idle timeout): check it first, so that a dead
+        // connection is replaced before it can fail a batch.
+        if self.failures_seen != *failures || self.used.elapsed() > IDLE_CHECK {
+            let _ = self.pool.ping();
+        }
+        if !commit(&self.pool, batch) {
+            *failures += 1;
+        }
+        self.used = Instant::now();
+        self.failures_seen = *failures;
+    }
+}
+
+/// Batches averaging more than this many writes mean the coordinator is busy.
+const BUSY_BATCH: f64 = 2.0;
+
+/// When the next batch may start: at once while batches are small (a lone client never waits
+/// for company), at most one interval after the previous one while they are large (more writes
+/// share each commit, and the database does less work per write).
+struct Pacer {
+    interval: Duration,
+    /// Moving average of writes per batch.
+    average: f64,
+    last_start: Option<Instant>,
+}
+
+impl Pacer {
+    fn new(interval: Duration) -> Pacer {
+        Pacer {
+            interval,
+            average: 1.0,
+            last_start: None,
+        }
+    }
+
+    /// How long to wait, at `now`, before starting the next batch.
+    fn wait(&self, now: Instant) -> Duration {
+        match self.last_start {
+            Some(last) if self.average > BUSY_BATCH => {
+                (last + self.interval).saturating_duration_since(now)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn started(&mut self, at: Instant, writes: usize) {
+        self.last_start = Some(at);
+        self.average = 0.9 * self.average + 0.1 * writes as f64;
+    }
+}
+
+/// Commits a batch and answers each of its writes.
+/// Returns false when the database was unavailable.
+fn commit(pool: &Pool, batch: Vec<Job>) -> bool {
+    let (writes, replies): (Vec<Write>, Vec<_>) =
+        batch.into_iter().map(|j| (j.write, j.reply)).unzip();
+    match run(pool, &writes) {
+        Ok(answers) => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(answer));
+            }
+            true
+        }
+        // A query error (a conflict with another coordinator, a deadlock it broke) fails the
+        // whole batch: run each write alone, so one write's trouble is not the others'.
+        Err(StoreError::Query(e)) if writes.len() > 1 => {
+            log::debug!(
+                "a batch of {} writes failed ({e}); committing them one by one",
+                writes.len()
+            );
+            for (write, reply) in writes.iter().zip(replies) {
+                let answer = run(pool, std::slice::from_ref(write))
+                    .and_then(|mut answers| answers.pop().ok_or_else(no_answer));
+                let _ = reply.send(answer);
+            }
+            true
+        }
+        Err(e) => {
+            log::warn!("a batch of {} writes was not written: {e}", writes.len());
+            let mut replies = replies.into_iter();
+            if let Some(first) = replies.next() {
+                // The database is unavailable: every write of the batch gets that answer.
+                let why = match &e {
+                    StoreError::Unavailable(m) => m.clone(),
+                    StoreError::Query(q) => q.to_string(),
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
+                }
+                let _ = first.send(Err(e));
+            }
+            false
+        }
+    }
+}
+
+/// [`store::write_batch`], with a panic turned into an error so the lane keeps serving.
+fn run(pool: &Pool, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
+    catch_unwind(AssertUnwindSafe(|| store::write_batch(pool, writes))).unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(
+            "the database writer failed on this batch".into(),
+        ))
+    })
+}
+
+fn no_answer() -> StoreError {
+    StoreError::Unavailable("the database writer gave no answer".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_writer_never_waits_and_a_busy_one_keeps_the_interval() {
+        let interval = Duration::from_millis(5);
+        let t0 = Instant::now();
+        let mut pacer = Pacer::new(interval);
+        assert_eq!(pacer.wait(t0), Duration::ZERO);
+        // One write at a time: no waiting, however soon the next one comes.
+        for i in 0..50 {
+            pacer.started(t0 + Duration::from_micros(i), 1);
+        }
+        assert_eq!(pacer.wait(t0 + Duration::from_micros(50)), Duration::ZERO);
+        // Large batches: the next one starts one interval after the last.
+        let busy = t0 + Duration::from_millis(1);
+        for _ in 0..30 {
+            pacer.started(busy, 20);
+        }
+        assert_eq!(
+            pacer.wait(busy + Duration::from_millis(2)),
+            Duration::from_millis(3)
+        );
+        assert_eq!(pacer.wait(busy + Duration::from_millis(7)), Duration::ZERO);
+        // Load goes away: the average falls and waiting stops.
+        for _ in 0..40 {
+            pacer.started(busy, 1);
+        }
+        assert_eq!(pacer.wait(busy), Duration::ZERO);
+        // An interval of zero never waits.
+        let mut eager = Pacer::new(Duration::ZERO);
+        eager.started(busy, 100);
+        assert_eq!(eager.wait(busy), Duration::ZERO);
+    }
+}

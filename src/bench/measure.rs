@@ -41,6 +41,14 @@ pub struct PgSnapshot {
 }
 
 impl PgSnapshot {
+    pub fn plus(&self, other: &PgSnapshot) -> PgSnapshot {
+        PgSnapshot {
+            coordinator: self.coordinator.plus(&other.coordinator),
+            inventory: self.inventory.plus(&other.inventory),
+            wallet: self.wallet.plus(&other.wallet),
+        }
+    }
+
     pub fn minus(&self, earlier: &PgSnapshot) -> PgSnapshot {
         PgSnapshot {
             coordinator: self.coordinator.minus(&earlier.coordinator),

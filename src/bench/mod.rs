@@ -94,10 +94,16 @@ pub struct BenchArgs {
     #[arg(long, env = "TCCD_BENCH_WARMUP_SECS", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub warmup_secs: u64,
-    /// Length of each measured window.
+    /// Length of each mode's measured window.
     #[arg(long, env = "TCCD_BENCH_DURATION_SECS", default_value_t = 20,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub duration_secs: u64,
+    /// Each mode's window is measured in this many parts, the modes taking turns (coordinated,
+    /// baseline, coordinated, baseline, …), so that a machine that speeds up or slows down
+    /// during the run weighs on every mode alike. Parts after the first get a 1 s warm-up.
+    #[arg(long, env = "TCCD_BENCH_ROUNDS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
     /// A Postgres admin URL (needed for the postgres backend): the benchmark creates fresh
     /// databases <prefix>_coordinator, <prefix>_inventory and <prefix>_wallet and drops them at
     /// the end.
@@ -151,6 +157,14 @@ pub struct BenchArgs {
     /// RUST_LOG of the child processes (their logs go to <dir>/logs/).
     #[arg(long, env = "TCCD_BENCH_CHILD_LOG", default_value = "warn")]
     pub child_log: String,
+    /// An extra flag for the coordinator, to measure a setting (repeatable), e.g.
+    /// --coordinator-flag=--batch-interval-ms=0.
+    #[arg(
+        long = "coordinator-flag",
+        value_name = "FLAG",
+        allow_hyphen_values = true
+    )]
+    pub coordinator_flags: Vec<String>,
 }
 
 /// The validated settings.
@@ -159,6 +173,7 @@ pub struct Config {
     pub clients: u32,
     pub warmup: Duration,
     pub duration: Duration,
+    pub rounds: u32,
     pub pg_url: Option<String>,
     pub redis_url: String,
     /// Absolute.
@@ -172,6 +187,7 @@ pub struct Config {
     pub compare_with: Option<PathBuf>,
     pub prefix: String,
     pub child_log: String,
+    pub coordinator_flags: Vec<String>,
 }
 
 impl Config {
@@ -236,6 +252,7 @@ impl Config {
             clients: args.clients,
             warmup: Duration::from_secs(args.warmup_secs),
             duration: Duration::from_secs(args.duration_secs),
+            rounds: args.rounds,
             pg_url,
             redis_url: args.redis_url,
             dir,
@@ -247,6 +264,7 @@ impl Config {
             compare_with: args.compare_with,
             prefix: args.namespace_prefix,
             child_log: args.child_log,
+            coordinator_flags: args.coordinator_flags,
         })
     }
 
@@ -357,10 +375,11 @@ async fn body(cfg: Arc<Config>, out: Out, procs: Arc<Mutex<Procs>>) -> Result<()
         BOLD,
         format!(
             "tccd bench: checkout (inventory 1 unit + wallet amount), {} clients, {} s warm-up + \
-             {} s measured per mode; modes {}; backends {}{}",
+             {} s measured per mode in {} rounds; modes {}; backends {}{}",
             cfg.clients,
             cfg.warmup.as_secs(),
             cfg.duration.as_secs(),
+            cfg.rounds,
             cfg.modes
                 .iter()
                 .map(|m| m.as_str())
@@ -478,6 +497,7 @@ async fn run_backend(
 
     // Processes: the coordinator first (the services register with it), then both services.
     let role_prefix = format!("{}-", backend.as_str());
+    let coordinator_flags: Vec<&str> = cfg.coordinator_flags.iter().map(String::as_str).collect();
     let urls = start_checkout(
         procs,
         CheckoutSpec {
@@ -485,7 +505,7 @@ async fn run_backend(
             db_urls: &db_urls,
             redis_url: &cfg.redis_url,
             namespace_prefix: &cfg.prefix,
-            coordinator_flags: &[],
+            coordinator_flags: &coordinator_flags,
             stock_flags: &[],
         },
     )
@@ -566,31 +586,62 @@ async fn run_backend(
             .clone()
             .unwrap_or_else(|| format!("{coord_url}/api/dtmsvr")),
     };
-    let mut result = BackendReport::default();
-    for &mode in &cfg.modes {
-        let driver = Driver::new(mode, &targets, cfg.clients)?;
-        let label = format!("{} {}", backend.as_str(), mode.as_str());
-        let alive = {
-            let procs = procs.clone();
-            move || {
-                let gone = lock(&procs).exited();
-                if gone.is_empty() {
-                    Ok(())
-                } else {
-                    Err(gone.join("\n"))
-                }
+    let alive = {
+        let procs = procs.clone();
+        move || {
+            let gone = lock(&procs).exited();
+            if gone.is_empty() {
+                Ok(())
+            } else {
+                Err(gone.join("\n"))
             }
-        };
-        let outcome = workload::run(
-            driver,
-            cfg.clients,
-            cfg.warmup,
-            cfg.duration,
-            &label,
-            pg_stats.as_ref(),
-            alive,
-        )
-        .await?;
+        }
+    };
+    let drivers = cfg
+        .modes
+        .iter()
+        .map(|&mode| Ok((mode, Arc::new(Driver::new(mode, &targets, cfg.clients)?))))
+        .collect::<Result<Vec<_>, String>>()?;
+    // The modes take turns, one part of each window at a time.
+    let rounds = cfg.rounds.min(cfg.duration.as_secs().max(1) as u32).max(1);
+    let part = cfg.duration / rounds;
+    let mut outcomes: Vec<Option<workload::Outcome>> = cfg.modes.iter().map(|_| None).collect();
+    for round in 0..rounds {
+        for ((mode, driver), outcome) in drivers.iter().zip(outcomes.iter_mut()) {
+            let label = if rounds > 1 {
+                format!(
+                    "{} {} {}/{rounds}",
+                    backend.as_str(),
+                    mode.as_str(),
+                    round + 1
+                )
+            } else {
+                format!("{} {}", backend.as_str(), mode.as_str())
+            };
+            let warmup = if round == 0 {
+                cfg.warmup
+            } else {
+                cfg.warmup.min(Duration::from_secs(1))
+            };
+            let measured = workload::run(
+                driver.clone(),
+                cfg.clients,
+                warmup,
+                part,
+                &label,
+                pg_stats.as_ref(),
+                &alive,
+            )
+            .await?;
+            match outcome {
+                Some(o) => o.absorb(measured),
+                None => *outcome = Some(measured),
+            }
+        }
+    }
+    let mut result = BackendReport::default();
+    for (&mode, outcome) in cfg.modes.iter().zip(outcomes) {
+        let Some(outcome) = outcome else { continue };
         let rss = measure::rss_of(&pids);
         // With an external DTM server, the coordinator's database is not the one measured.
         let coordinator_db = !(mode == Mode::Dtm && cfg.dtm_server.is_some());

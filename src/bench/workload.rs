@@ -294,6 +294,27 @@ pub struct Outcome {
     pub commits: Option<PgSnapshot>,
 }
 
+impl Outcome {
+    /// Adds another part of the same mode's measurement to this one.
+    pub fn absorb(&mut self, part: Outcome) {
+        self.latencies_us.extend(part.latencies_us);
+        self.latencies_us.sort_unstable();
+        self.window += part.window;
+        self.errors += part.errors;
+        for (k, n) in part.error_kinds {
+            *self.error_kinds.entry(k).or_default() += n;
+        }
+        for (k, m) in part.error_samples {
+            self.error_samples.entry(k).or_insert(m);
+        }
+        self.warmup_errors += part.warmup_errors;
+        self.commits = match (self.commits, part.commits) {
+            (Some(a), Some(b)) => Some(a.plus(&b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
 #[derive(Default)]
 struct Live {
     warm_tx: AtomicU64,
@@ -371,7 +392,7 @@ async fn client_loop(driver: Arc<Driver>, seed: u64, phase: Phase, live: Arc<Liv
 /// Postgres commit counters at both ends of the measured window. `alive` is asked once a second
 /// whether the services still run.
 pub async fn run(
-    driver: Driver,
+    driver: Arc<Driver>,
     clients: u32,
     warmup: Duration,
     duration: Duration,
@@ -379,7 +400,6 @@ pub async fn run(
     pg: Option<&PgStats>,
     alive: impl Fn() -> Result<(), String>,
 ) -> Result<Outcome, String> {
-    let driver = Arc::new(driver);
     let live = Arc::new(Live::default());
     let start = Instant::now();
     let phase = Phase {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::driver::Engine;
-use super::model::{CallOutcome, Op, TxStatus};
+use super::model::{BranchStatus, CallOutcome, Op, TxStatus};
 use super::store::{self, DeleteResource, ResourceRow, TxRow};
 use super::unit::{Begin, Decide, NewBranch, PrepareBranch, TryOutcome};
 use super::view;
@@ -225,7 +225,7 @@ async fn list_transactions(data: Data, QueryParams(q): QueryParams<ListQuery>) -
         })?),
     };
     let (page, next) = page(&data, status, q.limit, q.after, "after").await?;
-    let items: Vec<Value> = page.iter().map(|(t, b)| view::transaction(t, b)).collect();
+    let items: Vec<_> = page.iter().map(|(t, b)| view::transaction(t, b)).collect();
     Ok(HttpResponse::Ok().json(json!({"transactions": items, "next": next})))
 }
 
@@ -321,7 +321,7 @@ async fn add_branch(
             gid: gid.clone(),
             branch_id: branch.branch_id.clone(),
             outcome: res.outcome,
-            response: res.body.as_ref().map(Value::to_string),
+            response: res.body.clone(),
             error: res.error.clone(),
             now: now_ms(),
         })
@@ -345,10 +345,12 @@ async fn add_branch(
         }
         CallOutcome::Done => {
             log::info!("gid={gid} branch={} tried", branch.branch_id);
-            Ok(HttpResponse::Ok().json(json!({
-                "gid": gid, "branch_id": branch.branch_id, "resource": branch.resource,
-                "status": "tried", "response": res.body,
-            })))
+            let tried = store::BranchRow {
+                status: BranchStatus::Tried.as_str().into(),
+                response: res.body,
+                ..branch
+            };
+            Ok(HttpResponse::Ok().json(view::tried_branch(&tried)))
         }
         failed => {
             let why = res.error.unwrap_or_default();
@@ -370,7 +372,7 @@ async fn add_branch(
                 &gid,
                 &branch.branch_id,
                 status,
-                res.body,
+                res.body.as_deref(),
                 &why,
             ))
         }
@@ -384,17 +386,13 @@ async fn stored_outcome(data: &Data, b: store::BranchRow) -> Answer {
         Some(CallOutcome::Done) => Ok(HttpResponse::Ok().json(view::tried_branch(&b))),
         Some(failed) => {
             let (tx, _) = load(data, &b.gid).await?;
-            let response = b
-                .response
-                .as_deref()
-                .and_then(|r| serde_json::from_str(r).ok());
             let why = b.last_error.clone().unwrap_or_default();
             Err(try_failure(
                 failed,
                 &b.gid,
                 &b.branch_id,
                 tx.status(),
-                response,
+                b.response.as_deref(),
                 &why,
             ))
         }
@@ -410,7 +408,7 @@ fn try_failure(
     gid: &str,
     branch_id: &str,
     status: TxStatus,
-    response: Option<Value>,
+    response: Option<&str>,
     why: &str,
 ) -> ApiError {
     let err = if outcome == CallOutcome::Refused {
@@ -420,7 +418,12 @@ fn try_failure(
                 "The resource refused the Try of branch {branch_id}; the transaction is aborted."
             ),
         )
-        .with("resource_response", response.unwrap_or(Value::Null))
+        .with(
+            "resource_response",
+            response
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or(Value::Null),
+        )
     } else {
         ApiError::new(
             ErrorCode::ResourceUnavailable,

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::model::{CallOutcome, Op, classify};
@@ -26,8 +25,8 @@ struct CallBody<'a> {
 pub struct CallResult {
     pub outcome: CallOutcome,
     pub status: Option<u16>,
-    /// The answer's JSON body, if it had one.
-    pub body: Option<Value>,
+    /// A Try's answer body, when it is JSON (kept as text: it is stored and shown as it is).
+    pub body: Option<String>,
     /// Why the call did not succeed, for logs and `last_error`.
     pub error: Option<String>,
 }
@@ -144,7 +143,12 @@ impl Invoker {
                 };
             }
         };
-        let body = serde_json::from_slice::<Value>(&bytes).ok();
+        // Only a Try's answer is kept; a Confirm's or Cancel's is not read past its status.
+        let body = (op == Op::Try)
+            .then(|| std::str::from_utf8(&bytes).ok())
+            .flatten()
+            .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
+            .map(str::to_string);
         let outcome = classify(Some(status), &bytes);
         let error = match outcome {
             CallOutcome::Done => None,

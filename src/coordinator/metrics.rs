@@ -9,6 +9,8 @@ pub struct Metrics {
     transitions: IntCounterVec,
     branch_calls: IntCounterVec,
     batch_writes: HistogramVec,
+    write_seconds: HistogramVec,
+    batch_seconds: HistogramVec,
     pub stuck: IntGauge,
 }
 
@@ -46,10 +48,34 @@ impl Metrics {
             &["commit"],
         )
         .expect("valid metric");
+        let write_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tccd_db_write_seconds",
+                "Time from handing a write to the writer to its commit, by kind of write",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0,
+            ]),
+            &["write"],
+        )
+        .expect("valid metric");
+        let batch_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tccd_db_batch_seconds",
+                "Time to read, apply and commit one batch of writes",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0,
+            ]),
+            &["commit"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(transitions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(branch_calls.clone()),
             Box::new(batch_writes.clone()),
+            Box::new(write_seconds.clone()),
+            Box::new(batch_seconds.clone()),
             Box::new(stuck.clone()),
         ] {
             registry.register(c).expect("metric registered once");
@@ -59,6 +85,8 @@ impl Metrics {
             transitions,
             branch_calls,
             batch_writes,
+            write_seconds,
+            batch_seconds,
             stuck,
         }
     }
@@ -71,12 +99,22 @@ impl Metrics {
             .inc();
     }
 
-    /// The writer committed `writes` writes in one batch.
-    pub fn batch(&self, durable: bool, writes: usize) {
+    /// The writer committed `writes` writes in one batch, in `seconds`.
+    pub fn batch(&self, durable: bool, writes: usize, seconds: f64) {
         let commit = if durable { "durable" } else { "relaxed" };
         self.batch_writes
             .with_label_values(&[commit])
             .observe(writes as f64);
+        self.batch_seconds
+            .with_label_values(&[commit])
+            .observe(seconds);
+    }
+
+    /// A write of this kind waited `seconds` for its commit.
+    pub fn write_took(&self, kind: &str, seconds: f64) {
+        self.write_seconds
+            .with_label_values(&[kind])
+            .observe(seconds);
     }
 
     pub fn call(&self, op: Op, outcome: CallOutcome) {

@@ -2,6 +2,7 @@
 //! Cancel (API.md §1–2).
 
 pub mod api;
+pub mod batch;
 pub mod config;
 pub mod driver;
 pub mod dtm;

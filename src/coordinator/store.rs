@@ -1,15 +1,14 @@
-//! The coordinator's persistence (diesel). Every function here is blocking and takes its
-//! connection from the pool itself; callers run it through `Pool::run` (reads, resources,
-//! recovery claims) or the writer's lanes (the transaction writes, see [`write_batch`]). Each
-//! function is one local transaction with no I/O inside.
+//! The coordinator's rows and its reads, resource registrations and recovery claims (diesel).
+//! Every function here is blocking and takes its connection from the pool itself; callers run it
+//! through `Pool::run`. Each function is one local transaction with no I/O inside. The
+//! transaction writes go through the writer instead (see [`super::batch`]).
 
 use std::collections::HashMap;
 
 use diesel::prelude::*;
-use diesel::upsert::excluded;
 
 use super::model::{BranchStatus, Op, TxStatus};
-use super::unit::{Changes, DriveInput, Unit, Write, Written};
+use super::unit::DriveInput;
 use crate::db::schema::{branches, resources, transactions};
 use crate::db::{DbConn, Pool, StoreError};
 use crate::with_conn;
@@ -125,25 +124,14 @@ impl BranchRow {
 /// A transaction with its branches.
 pub type TxWithBranches = (TxRow, Vec<BranchRow>);
 
-/// Row-locking reads that differ per backend.
+/// Reads that differ per backend.
 trait CoordConn: DbConn {
-    /// Reads transactions and holds their rows until the local transaction ends, locking them
-    /// in gid order so that two writers never wait for each other in a cycle (on SQLite the
-    /// immediate transaction already holds the database's write lock).
-    fn lock_txs(&mut self, gids: &[&str]) -> QueryResult<Vec<TxRow>>;
     /// Open transactions whose due time has passed, skipping rows another coordinator is
     /// claiming right now (Postgres `FOR UPDATE SKIP LOCKED`).
     fn due(&mut self, now: i64, limit: i64) -> QueryResult<Vec<(String, String)>>;
 }
 
 impl CoordConn for SqliteConnection {
-    fn lock_txs(&mut self, gids: &[&str]) -> QueryResult<Vec<TxRow>> {
-        transactions::table
-            .filter(transactions::gid.eq_any(gids))
-            .select(TxRow::as_select())
-            .load(self)
-    }
-
     fn due(&mut self, now: i64, limit: i64) -> QueryResult<Vec<(String, String)>> {
         transactions::table
             .select((transactions::gid, transactions::status))
@@ -156,15 +144,6 @@ impl CoordConn for SqliteConnection {
 }
 
 impl CoordConn for PgConnection {
-    fn lock_txs(&mut self, gids: &[&str]) -> QueryResult<Vec<TxRow>> {
-        transactions::table
-            .filter(transactions::gid.eq_any(gids))
-            .select(TxRow::as_select())
-            .order(transactions::gid.asc())
-            .for_update()
-            .load(self)
-    }
-
     fn due(&mut self, now: i64, limit: i64) -> QueryResult<Vec<(String, String)>> {
         transactions::table
             .select((transactions::gid, transactions::status))
@@ -184,12 +163,6 @@ trait CoordReads {
     fn branches_of(&mut self, gid: &str) -> QueryResult<Vec<BranchRow>>;
     fn resources_of(&mut self, branches: &[BranchRow])
     -> QueryResult<HashMap<String, ResourceRow>>;
-    /// All branches of these transactions.
-    fn branches_of_all(&mut self, gids: &[&str]) -> QueryResult<Vec<BranchRow>>;
-    fn resources_named(&mut self, names: &[&str]) -> QueryResult<Vec<ResourceRow>>;
-    /// Inserts and updates what a batch changed, in chunks that stay under every backend's
-    /// limit of bound parameters. Fails if a row to insert exists already.
-    fn store_changes(&mut self, changes: &Changes<'_>) -> QueryResult<()>;
 }
 
 macro_rules! impl_coord_reads {
@@ -223,132 +196,20 @@ macro_rules! impl_coord_reads {
                 if names.is_empty() {
                     return Ok(HashMap::new());
                 }
-                Ok(self
-                    .resources_named(&names)?
+                Ok(resources::table
+                    .filter(resources::name.eq_any(&names))
+                    .select(ResourceRow::as_select())
+                    .load::<ResourceRow>(self)?
                     .into_iter()
                     .map(|r| (r.name.clone(), r))
                     .collect())
-            }
-
-            fn branches_of_all(&mut self, gids: &[&str]) -> QueryResult<Vec<BranchRow>> {
-                if gids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                branches::table
-                    .filter(branches::gid.eq_any(gids))
-                    .select(BranchRow::as_select())
-                    .load(self)
-            }
-
-            fn resources_named(&mut self, names: &[&str]) -> QueryResult<Vec<ResourceRow>> {
-                if names.is_empty() {
-                    return Ok(Vec::new());
-                }
-                resources::table
-                    .filter(resources::name.eq_any(names))
-                    .select(ResourceRow::as_select())
-                    .load(self)
-            }
-
-            fn store_changes(&mut self, c: &Changes<'_>) -> QueryResult<()> {
-                for rows in c.new_txs.chunks(ROWS_PER_STATEMENT) {
-                    let n = diesel::insert_into(transactions::table)
-                        .values(rows.iter().copied().cloned().collect::<Vec<_>>())
-                        .on_conflict_do_nothing()
-                        .execute(self)?;
-                    if n != rows.len() {
-                        return Err(diesel::result::Error::RollbackTransaction);
-                    }
-                }
-                for rows in c.changed_txs.chunks(ROWS_PER_STATEMENT) {
-                    // An update of whole rows by key, many rows in one statement.
-                    diesel::insert_into(transactions::table)
-                        .values(rows.iter().copied().cloned().collect::<Vec<_>>())
-                        .on_conflict(transactions::gid)
-                        .do_update()
-                        .set((
-                            transactions::status.eq(excluded(transactions::status)),
-                            transactions::updated_at.eq(excluded(transactions::updated_at)),
-                            transactions::finished_at.eq(excluded(transactions::finished_at)),
-                            transactions::reason.eq(excluded(transactions::reason)),
-                            transactions::attempts.eq(excluded(transactions::attempts)),
-                            transactions::next_retry_at.eq(excluded(transactions::next_retry_at)),
-                            transactions::last_error.eq(excluded(transactions::last_error)),
-                            transactions::due_at.eq(excluded(transactions::due_at)),
-                            transactions::lease_owner.eq(excluded(transactions::lease_owner)),
-                        ))
-                        .execute(self)?;
-                }
-                for rows in c.new_branches.chunks(ROWS_PER_STATEMENT) {
-                    let n = diesel::insert_into(branches::table)
-                        .values(rows.iter().copied().cloned().collect::<Vec<_>>())
-                        .on_conflict_do_nothing()
-                        .execute(self)?;
-                    if n != rows.len() {
-                        return Err(diesel::result::Error::RollbackTransaction);
-                    }
-                }
-                for rows in c.changed_branches.chunks(ROWS_PER_STATEMENT) {
-                    diesel::insert_into(branches::table)
-                        .values(rows.iter().copied().cloned().collect::<Vec<_>>())
-                        .on_conflict((branches::gid, branches::branch_id))
-                        .do_update()
-                        .set((
-                            branches::status.eq(excluded(branches::status)),
-                            branches::try_outcome.eq(excluded(branches::try_outcome)),
-                            branches::response.eq(excluded(branches::response)),
-                            branches::attempts.eq(excluded(branches::attempts)),
-                            branches::last_error.eq(excluded(branches::last_error)),
-                            branches::updated_at.eq(excluded(branches::updated_at)),
-                        ))
-                        .execute(self)?;
-                }
-                Ok(())
             }
         }
     };
 }
 
-/// Rows per multi-row statement: 16 columns × 500 stays far below SQLite's 32,766 and
-/// Postgres's 65,535 bound parameters.
-const ROWS_PER_STATEMENT: usize = 500;
-
 impl_coord_reads!(SqliteConnection);
 impl_coord_reads!(PgConnection);
-
-// ---------------------------------------------------------------------------------------------
-// Transaction writes, in batches
-
-/// Applies a batch of writes in one local transaction: locks the transactions they touch,
-/// loads their branches and the resources they need, applies the writes in order (see
-/// [`Unit`]) and stores every row that changed. Whether the commit waits for the WAL flush is
-/// the pool's setting ([`crate::db::Commits`]). The answers hold only once this returns Ok.
-pub fn write_batch(pool: &Pool, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
-    let mut gids: Vec<&str> = writes.iter().map(Write::gid).collect();
-    gids.sort_unstable();
-    gids.dedup();
-    with_conn!(pool, |conn| conn
-        .write_txn(|conn| apply_batch(conn, writes, &gids)))
-}
-
-fn apply_batch<C: CoordConn + CoordReads>(
-    conn: &mut C,
-    writes: &[Write],
-    gids: &[&str],
-) -> Result<Vec<Written>, StoreError> {
-    let txs = conn.lock_txs(gids)?;
-    let found: Vec<&str> = txs.iter().map(|t| t.gid.as_str()).collect();
-    let branches = conn.branches_of_all(&found)?;
-    let names = Unit::resource_names(writes, &branches);
-    let resources = conn.resources_named(&names)?;
-    let mut unit = Unit::new(txs, branches, resources);
-    let written = writes.iter().map(|w| unit.apply(w)).collect();
-    let changes = unit.changes();
-    if !changes.is_empty() {
-        conn.store_changes(&changes)?;
-    }
-    Ok(written)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Resources

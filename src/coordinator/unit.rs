@@ -309,7 +309,7 @@ impl Unit {
         }
     }
 
-    /// Every row that must be written, in an order the foreign keys accept.
+    /// Every row that must be written.
     pub fn changes(&self) -> Changes<'_> {
         let mut changes = Changes::default();
         for slot in self.txs.values() {

@@ -1,8 +1,8 @@
 //! The writer: every transaction write of the coordinator goes through one thread that commits
 //! whatever has queued up while its previous batch was being committed, in one local transaction
-//! (group commit; see [`store::write_batch`]).
+//! (group commit; see [`batch::write_batch`]).
 //!
-//! Under load this turns a dozen round trips and a commit per write into a handful of statements
+//! Under load this turns several round trips and a commit per write into a handful of statements
 //! and one commit per batch, shared by all the transactions in flight; batches then start at most
 //! one interval apart, so that more writes share each. With no load a batch is a single write
 //! and nothing waits for company. A batch that holds a write which precedes an effect elsewhere
@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::batch;
 use super::metrics::Metrics;
 use super::model::TxStatus;
-use super::store::{self, TxRow};
+use super::store::TxRow;
 use super::unit::{
     Begin, Decide, Decision, DriveResult, Finish, NewBranch, NewDtmBranch, PrepareBranch,
     RegisterDtmBranch, TryOutcome, Write, Written,
@@ -38,6 +39,7 @@ struct Job {
 
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
 }
 
 macro_rules! typed_write {
@@ -60,47 +62,32 @@ impl Writer {
     /// load, batches start at most `interval` apart. The thread stops when the writer is
     /// dropped, after answering what it holds.
     pub fn start(url: &str, interval: Duration, metrics: &Arc<Metrics>) -> Result<Writer, String> {
-        let mut durable = Line::open(url, Commits::Durable)?;
-        let mut relaxed = Line::open(url, Commits::Relaxed)?;
+        let durable = Line::open(url, Commits::Durable)?;
+        let relaxed = Line::open(url, Commits::Relaxed)?;
         let (jobs, queue) = mpsc::channel::<Job>();
-        let metrics = metrics.clone();
+        let (pacer, m) = (Pacer::new(interval), metrics.clone());
         std::thread::Builder::new()
             .name("tccd-writer".into())
-            .spawn(move || {
-                let mut pacer = Pacer::new(interval);
-                let mut failures = 0;
-                while let Ok(first) = queue.recv() {
-                    std::thread::sleep(pacer.wait(Instant::now()));
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match queue.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    pacer.started(Instant::now(), batch.len());
-                    let is_durable = batch.iter().any(|j| j.write.durable());
-                    metrics.batch(is_durable, batch.len());
-                    let line = if is_durable {
-                        &mut durable
-                    } else {
-                        &mut relaxed
-                    };
-                    line.commit(batch, &mut failures);
-                }
-            })
+            .spawn(move || serve(&queue, durable, relaxed, pacer, &m))
             .map_err(|e| format!("cannot start the database writer: {e}"))?;
-        Ok(Writer { jobs })
+        Ok(Writer {
+            jobs,
+            metrics: metrics.clone(),
+        })
     }
 
     async fn write(&self, write: Write) -> Result<Written, StoreError> {
+        let (kind, started) = (write.kind(), Instant::now());
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job { write, reply })
             .map_err(|_| StoreError::Unavailable("the database writer has stopped".into()))?;
-        answer.await.map_err(|_| {
+        let answer = answer.await.map_err(|_| {
             StoreError::Unavailable("the database writer stopped before answering".into())
-        })?
+        })?;
+        self.metrics
+            .write_took(kind, started.elapsed().as_secs_f64());
+        answer
     }
 
     typed_write!(
@@ -127,6 +114,38 @@ impl Writer {
         /// A phase-two pass's results and, when nothing is left open, the final status.
         finish(DriveResult) -> Finish, Finish
     );
+}
+
+/// The writer thread: the first write that comes, then (after the pacer's wait) every write
+/// queued by then, as one batch; until the writer is dropped.
+fn serve(
+    queue: &mpsc::Receiver<Job>,
+    mut durable: Line,
+    mut relaxed: Line,
+    mut pacer: Pacer,
+    metrics: &Metrics,
+) {
+    let mut failures = 0;
+    while let Ok(first) = queue.recv() {
+        std::thread::sleep(pacer.wait(Instant::now()));
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (started, writes) = (Instant::now(), batch.len());
+        pacer.started(started, writes);
+        let is_durable = batch.iter().any(|j| j.write.durable());
+        let line = if is_durable {
+            &mut durable
+        } else {
+            &mut relaxed
+        };
+        line.commit(batch, &mut failures);
+        metrics.batch(is_durable, writes, started.elapsed().as_secs_f64());
+    }
 }
 
 /// How long a connection may sit unused before it is checked ahead of a batch.
@@ -248,9 +267,9 @@ fn commit(pool: &Pool, batch: Vec<Job>) -> bool {
     }
 }
 
-/// [`store::write_batch`], with a panic turned into an error so the lane keeps serving.
+/// [`batch::write_batch`], with a panic turned into an error so the lane keeps serving.
 fn run(pool: &Pool, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
-    catch_unwind(AssertUnwindSafe(|| store::write_batch(pool, writes))).unwrap_or_else(|_| {
+    catch_unwind(AssertUnwindSafe(|| batch::write_batch(pool, writes))).unwrap_or_else(|_| {
         Err(StoreError::Unavailable(
             "the database writer failed on this batch".into(),
         ))

@@ -102,6 +102,8 @@ struct Session {
     /// Every statement finds its rows by key: never scan a table whole (Postgres). The
     /// planner's cost model (random reads from disk) prefers a scan to a few dozen key lookups
     /// in a table of some hundred pages, and keeps a plan it cached while the table was empty.
+    /// JIT is off too: the penalty that rules scans out would otherwise make every plan look
+    /// expensive enough to compile, which costs far more than these statements run.
     key_lookups: bool,
 }
 
@@ -128,7 +130,7 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for Session {
             sql.push_str("SET synchronous_commit = off;");
         }
         if self.key_lookups {
-            sql.push_str("SET enable_seqscan = off;");
+            sql.push_str("SET enable_seqscan = off; SET jit = off;");
         }
         if sql.is_empty() {
             return Ok(());

@@ -17,6 +17,7 @@ backend_tests!(
     resource_registration_and_redirect,
     delete_resource_in_use,
     health_ready_metrics,
+    concurrent_checkouts_share_commits,
 );
 
 async fn happy_path_two_branches_commit(backend: Backend) {
@@ -490,5 +491,77 @@ async fn health_ready_metrics(backend: Backend) {
     assert!(
         !metric_lines(&text, "tccd_stuck_transactions").is_empty(),
         "no tccd_stuck_transactions gauge in:\n{text}"
+    );
+}
+
+/// The sum of a histogram's `_sum` or `_count` series over all its labels.
+fn metric_total(text: &str, name: &str) -> f64 {
+    metric_lines(text, name)
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Many checkouts at once through one coordinator: every one commits with each branch tried
+/// and confirmed exactly once, and the writer commits their writes together in batches.
+async fn concurrent_checkouts_share_commits(backend: Backend) {
+    const CHECKOUTS: usize = 40;
+    let env = TestEnv::start(backend, &["--batch-interval-ms", "20"]).await;
+    env.register("alpha").await;
+    env.register("beta").await;
+    let runs = (0..CHECKOUTS).map(|i| {
+        let api = env.api().clone();
+        tokio::spawn(async move {
+            let (code, tx) = api.begin(json!({})).await;
+            assert_eq!(code, 201, "{tx:#}");
+            let gid = tx["gid"].as_str().unwrap().to_string();
+            for res in ["alpha", "beta"] {
+                let r = api
+                    .add_branch(&gid, json!({"resource": res, "payload": {"n": i}}))
+                    .await;
+                assert_status(&r, 200, res);
+            }
+            let r = api.commit(&gid).await;
+            assert_status(&r, 200, "commit");
+            assert_eq!(r.1["status"], "committed", "{:#}", r.1);
+            assert_eq!(
+                branch_statuses(&r.1),
+                vec!["confirmed", "confirmed"],
+                "{:#}",
+                r.1
+            );
+            gid
+        })
+    });
+    let gids: Vec<String> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| r.expect("a checkout task failed"))
+        .collect();
+    for gid in &gids {
+        for res in ["alpha", "beta"] {
+            for op in [Op::Try, Op::Confirm] {
+                assert_eq!(
+                    env.fake.count_for(res, op, gid),
+                    1,
+                    "{res} {op:?}: {}",
+                    env.fake.describe(gid)
+                );
+            }
+        }
+    }
+    let (_, text) = env.api().get_text("/metrics").await;
+    // begin, two branches, two Try outcomes, the decision, the phase-two result.
+    let writes = metric_total(&text, "tccd_db_batch_writes_sum");
+    let batches = metric_total(&text, "tccd_db_batch_writes_count");
+    assert_eq!(writes, (CHECKOUTS * 7) as f64, "{text}");
+    assert!(
+        batches < writes / 2.0,
+        "{writes} writes in {batches} batches: the writer did not batch them"
+    );
+    assert_eq!(
+        metric_total(&text, "tccd_db_write_seconds_count"),
+        writes,
+        "every write's wait is measured"
     );
 }

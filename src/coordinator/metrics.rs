@@ -38,38 +38,25 @@ impl Metrics {
             "Decided transactions whose phase two has failed at least --stuck-after-attempts times",
         )
         .expect("valid metric");
-        let batch_writes = HistogramVec::new(
-            HistogramOpts::new(
-                "tccd_db_batch_writes",
-                "Writes committed together in one local transaction, by whether the commit waited \
-                 for the WAL flush",
-            )
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
-            &["commit"],
-        )
-        .expect("valid metric");
-        let write_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "tccd_db_write_seconds",
-                "Time from handing a write to the writer to its commit, by kind of write",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0,
-            ]),
-            &["write"],
-        )
-        .expect("valid metric");
-        let batch_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "tccd_db_batch_seconds",
-                "Time to read, apply and commit one batch of writes",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0,
-            ]),
-            &["commit"],
-        )
-        .expect("valid metric");
+        let batch_writes = histogram(
+            "tccd_db_batch_writes",
+            "Writes committed together in one local transaction, by whether the commit waited for \
+             the WAL flush",
+            "commit",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+        );
+        let write_seconds = histogram(
+            "tccd_db_write_seconds",
+            "Time from handing a write to the writer to its commit, by kind of write",
+            "write",
+            SECONDS.to_vec(),
+        );
+        let batch_seconds = histogram(
+            "tccd_db_batch_seconds",
+            "Time to read, apply and commit one batch of writes",
+            "commit",
+            SECONDS.to_vec(),
+        );
         for c in [
             Box::new(transitions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(branch_calls.clone()),
@@ -122,6 +109,16 @@ impl Metrics {
             .with_label_values(&[op.as_str(), outcome.as_str()])
             .inc();
     }
+}
+
+/// Buckets of the writer's latencies, 0.5 ms to 1 s.
+const SECONDS: [f64; 11] = [
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0,
+];
+
+fn histogram(name: &str, help: &str, label: &str, buckets: Vec<f64>) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &[label])
+        .expect("valid metric")
 }
 
 impl Default for Metrics {

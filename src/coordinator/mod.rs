@@ -35,7 +35,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), String> {
     let metrics = Arc::new(metrics::Metrics::new());
     let m = metrics.clone();
     let interval = Duration::from_millis(args.batch_interval_ms);
-    // Migrations run first, then the writer's lanes open their own connections.
+    // Migrations run first, then the writer opens its own connections.
     let (pool, writer) = tokio::task::spawn_blocking(move || {
         let pool = Pool::connect(&url, pool_size)?;
         Ok::<_, String>((pool, writer::Writer::start(&url, interval, &m)?))

@@ -234,9 +234,11 @@ fn commit(pool: &Pool, batch: Vec<Job>) -> bool {
             }
             true
         }
-        // A query error (a conflict with another coordinator, a deadlock it broke) fails the
-        // whole batch: run each write alone, so one write's trouble is not the others'.
-        Err(StoreError::Query(e)) if writes.len() > 1 => {
+        // A query error (a conflict with another coordinator, such as a begin of the same gid,
+        // or a deadlock it broke) fails the whole batch: run each write alone, once more, so
+        // that it reads what the other coordinator wrote and one write's trouble is not the
+        // others'.
+        Err(StoreError::Query(e)) => {
             log::debug!(
                 "a batch of {} writes failed ({e}); committing them one by one",
                 writes.len()
@@ -248,26 +250,18 @@ fn commit(pool: &Pool, batch: Vec<Job>) -> bool {
             }
             true
         }
-        Err(e) => {
-            log::warn!("a batch of {} writes was not written: {e}", writes.len());
-            let mut replies = replies.into_iter();
-            if let Some(first) = replies.next() {
-                // The database is unavailable: every write of the batch gets that answer.
-                let why = match &e {
-                    StoreError::Unavailable(m) => m.clone(),
-                    StoreError::Query(q) => q.to_string(),
-                };
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
-                }
-                let _ = first.send(Err(e));
+        // The database is unavailable: every write of the batch gets that answer.
+        Err(StoreError::Unavailable(why)) => {
+            log::warn!("a batch of {} writes was not written: {why}", writes.len());
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
             }
             false
         }
     }
 }
 
-/// [`batch::write_batch`], with a panic turned into an error so the lane keeps serving.
+/// [`batch::write_batch`], with a panic turned into an error so the writer keeps serving.
 fn run(pool: &Pool, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
     catch_unwind(AssertUnwindSafe(|| batch::write_batch(pool, writes))).unwrap_or_else(|_| {
         Err(StoreError::Unavailable(

@@ -35,62 +35,6 @@ macro_rules! batch_statements {
                 .select(ResourceRow::as_select())
                 .load(self)
         }
-
-        fn store(&mut self, c: &Changes<'_>) -> QueryResult<()> {
-            for rows in c.new_txs.chunks(ROWS_PER_STATEMENT) {
-                let n = diesel::insert_into(transactions::table)
-                    .values(rows.to_vec())
-                    .on_conflict_do_nothing()
-                    .execute(self)?;
-                if n != rows.len() {
-                    return Err(DieselError::RollbackTransaction);
-                }
-            }
-            for rows in c.changed_txs.chunks(ROWS_PER_STATEMENT) {
-                // An update of whole rows by key, many rows in one statement.
-                diesel::insert_into(transactions::table)
-                    .values(rows.to_vec())
-                    .on_conflict(transactions::gid)
-                    .do_update()
-                    .set((
-                        transactions::status.eq(excluded(transactions::status)),
-                        transactions::updated_at.eq(excluded(transactions::updated_at)),
-                        transactions::finished_at.eq(excluded(transactions::finished_at)),
-                        transactions::reason.eq(excluded(transactions::reason)),
-                        transactions::attempts.eq(excluded(transactions::attempts)),
-                        transactions::next_retry_at.eq(excluded(transactions::next_retry_at)),
-                        transactions::last_error.eq(excluded(transactions::last_error)),
-                        transactions::due_at.eq(excluded(transactions::due_at)),
-                        transactions::lease_owner.eq(excluded(transactions::lease_owner)),
-                    ))
-                    .execute(self)?;
-            }
-            for rows in c.new_branches.chunks(ROWS_PER_STATEMENT) {
-                let n = diesel::insert_into(branches::table)
-                    .values(rows.to_vec())
-                    .on_conflict_do_nothing()
-                    .execute(self)?;
-                if n != rows.len() {
-                    return Err(DieselError::RollbackTransaction);
-                }
-            }
-            for rows in c.changed_branches.chunks(ROWS_PER_STATEMENT) {
-                diesel::insert_into(branches::table)
-                    .values(rows.to_vec())
-                    .on_conflict((branches::gid, branches::branch_id))
-                    .do_update()
-                    .set((
-                        branches::status.eq(excluded(branches::status)),
-                        branches::try_outcome.eq(excluded(branches::try_outcome)),
-                        branches::response.eq(excluded(branches::response)),
-                        branches::attempts.eq(excluded(branches::attempts)),
-                        branches::last_error.eq(excluded(branches::last_error)),
-                        branches::updated_at.eq(excluded(branches::updated_at)),
-                    ))
-                    .execute(self)?;
-            }
-            Ok(())
-        }
     };
 }
 
@@ -124,8 +68,8 @@ fn apply_batch<C: BatchConn>(
     Ok(written)
 }
 
-/// Rows per multi-row statement: 16 columns × 500 stays far below SQLite's 32,766 and
-/// Postgres's 65,535 bound parameters.
+/// Rows per multi-row statement on SQLite: 16 columns × 500 stays far below its 32,766 bound
+/// parameters. (Postgres takes each column as one array, whatever the number of rows.)
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// The statements of a batch, on either backend.
@@ -143,6 +87,63 @@ trait BatchConn: DbConn {
 }
 
 impl BatchConn for SqliteConnection {
+    /// Multi-row `INSERT … ON CONFLICT` statements, a few hundred rows each.
+    fn store(&mut self, c: &Changes<'_>) -> QueryResult<()> {
+        for rows in c.new_txs.chunks(ROWS_PER_STATEMENT) {
+            let n = diesel::insert_into(transactions::table)
+                .values(rows.to_vec())
+                .on_conflict_do_nothing()
+                .execute(self)?;
+            if n != rows.len() {
+                return Err(DieselError::RollbackTransaction);
+            }
+        }
+        for rows in c.changed_txs.chunks(ROWS_PER_STATEMENT) {
+            // An update of whole rows by key, many rows in one statement.
+            diesel::insert_into(transactions::table)
+                .values(rows.to_vec())
+                .on_conflict(transactions::gid)
+                .do_update()
+                .set((
+                    transactions::status.eq(excluded(transactions::status)),
+                    transactions::updated_at.eq(excluded(transactions::updated_at)),
+                    transactions::finished_at.eq(excluded(transactions::finished_at)),
+                    transactions::reason.eq(excluded(transactions::reason)),
+                    transactions::attempts.eq(excluded(transactions::attempts)),
+                    transactions::next_retry_at.eq(excluded(transactions::next_retry_at)),
+                    transactions::last_error.eq(excluded(transactions::last_error)),
+                    transactions::due_at.eq(excluded(transactions::due_at)),
+                    transactions::lease_owner.eq(excluded(transactions::lease_owner)),
+                ))
+                .execute(self)?;
+        }
+        for rows in c.new_branches.chunks(ROWS_PER_STATEMENT) {
+            let n = diesel::insert_into(branches::table)
+                .values(rows.to_vec())
+                .on_conflict_do_nothing()
+                .execute(self)?;
+            if n != rows.len() {
+                return Err(DieselError::RollbackTransaction);
+            }
+        }
+        for rows in c.changed_branches.chunks(ROWS_PER_STATEMENT) {
+            diesel::insert_into(branches::table)
+                .values(rows.to_vec())
+                .on_conflict((branches::gid, branches::branch_id))
+                .do_update()
+                .set((
+                    branches::status.eq(excluded(branches::status)),
+                    branches::try_outcome.eq(excluded(branches::try_outcome)),
+                    branches::response.eq(excluded(branches::response)),
+                    branches::attempts.eq(excluded(branches::attempts)),
+                    branches::last_error.eq(excluded(branches::last_error)),
+                    branches::updated_at.eq(excluded(branches::updated_at)),
+                ))
+                .execute(self)?;
+        }
+        Ok(())
+    }
+
     fn lock_txs(&mut self, gids: &[&str]) -> QueryResult<Vec<TxRow>> {
         transactions::table
             .filter(transactions::gid.eq_any(gids))
@@ -161,6 +162,16 @@ impl BatchConn for PgConnection {
             .order(transactions::gid.asc())
             .for_update()
             .load(self)
+    }
+
+    /// One statement over column arrays (see [`super::batch_pg`]).
+    fn store(&mut self, c: &Changes<'_>) -> QueryResult<()> {
+        let (new_txs, new_branches): (i64, i64) =
+            super::batch_pg::StoreChanges::new(c).get_result(self)?;
+        if new_txs as usize != c.new_txs.len() || new_branches as usize != c.new_branches.len() {
+            return Err(DieselError::RollbackTransaction);
+        }
+        Ok(())
     }
 
     batch_statements!();

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod batch;
+mod batch_pg;
 pub mod config;
 pub mod driver;
 pub mod dtm;

@@ -329,9 +329,10 @@ impl Unit {
         // A stable order keeps row locks taken in one order by every writer.
         changes.new_txs.sort_by(|a, b| a.gid.cmp(&b.gid));
         changes.changed_txs.sort_by(|a, b| a.gid.cmp(&b.gid));
-        let key = |b: &&BranchRow| (b.gid.clone(), b.branch_id.clone());
-        changes.new_branches.sort_by_key(key);
-        changes.changed_branches.sort_by_key(key);
+        let order =
+            |a: &&BranchRow, b: &&BranchRow| (&a.gid, &a.branch_id).cmp(&(&b.gid, &b.branch_id));
+        changes.new_branches.sort_by(order);
+        changes.changed_branches.sort_by(order);
         changes
     }
 
@@ -598,12 +599,12 @@ impl Unit {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const NOW: i64 = 1_000_000;
 
-    fn tx(gid: &str, status: TxStatus) -> TxRow {
+    pub(crate) fn tx(gid: &str, status: TxStatus) -> TxRow {
         TxRow {
             gid: gid.into(),
             status: status.as_str().into(),

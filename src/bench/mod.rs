@@ -28,7 +28,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::client::{CoordinatorClient, StockClient};
 use crate::demo::procs::{CheckoutSpec, Procs, lock, start_checkout};
 use crate::demo::report::{BOLD, DIM, Out, RED, YELLOW};
-use crate::demo::{Signals, panic_text, redact, stores, wait_registered};
+use crate::demo::{Signals, panic_text, stores, wait_registered};
 use measure::PgStats;
 use report::{BackendReport, ModeReport, Report};
 use workload::{Driver, Targets};
@@ -454,46 +454,19 @@ async fn run_backend(
     out.line(out.paint(BOLD, format!("== {} ==", backend.as_str())));
 
     // Stores.
-    let (db_urls, pg_stats) = match backend {
-        Backend::Postgres => {
-            let admin = cfg.pg_url.clone().expect("checked in from_args");
-            let names = cfg.pg_names();
-            let a = admin.clone();
-            let urls = tokio::task::spawn_blocking(move || stores::pg_recreate(&a, &names))
-                .await
-                .map_err(|e| e.to_string())??;
-            let stats = PgStats::connect(&admin, cfg.pg_names()).await?;
-            out.line(format!(
-                "  databases  Postgres {} (fresh: {})",
-                redact(&stores::pg_url_with_db(&admin, "")),
-                cfg.pg_names().join(", ")
-            ));
-            (urls, Some(stats))
-        }
-        Backend::Sqlite => {
-            stores::sqlite_remove(&cfg.dir)?;
-            out.line(format!(
-                "  databases  SQLite files in {}",
-                cfg.dir.display()
-            ));
-            let urls = stores::DATABASES
-                .iter()
-                .map(|d| format!("sqlite://{}", cfg.sqlite_path(d).display()))
-                .collect();
-            (urls, None)
-        }
+    let admin_url = cfg.pg_url.as_deref();
+    let databases = match backend {
+        Backend::Postgres => stores::Databases::Postgres {
+            admin_url: admin_url.expect("checked in from_args"),
+            names: cfg.pg_names(),
+        },
+        Backend::Sqlite => stores::Databases::Sqlite { dir: &cfg.dir },
     };
-    let stale = stores::redis_clear(&cfg.redis_url, &cfg.namespaces()).await?;
-    out.line(format!(
-        "  Redis      {} (namespaces {}{})",
-        redact(&cfg.redis_url),
-        cfg.namespaces().join(", "),
-        if stale > 0 {
-            format!("; removed {stale} stale keys")
-        } else {
-            String::new()
-        }
-    ));
+    let db_urls = stores::fresh(&out, databases, &cfg.redis_url, &cfg.namespaces()).await?;
+    let pg_stats = match (backend, admin_url) {
+        (Backend::Postgres, Some(admin)) => Some(PgStats::connect(admin, cfg.pg_names()).await?),
+        _ => None,
+    };
 
     // Processes: the coordinator first (the services register with it), then both services.
     let role_prefix = format!("{}-", backend.as_str());

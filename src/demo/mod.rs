@@ -279,45 +279,14 @@ async fn body(
     ));
 
     // Stores.
-    let db_urls: Vec<String> = match cfg.pg_url.clone() {
-        Some(admin) => {
-            let names = cfg.pg_names();
-            let urls = tokio::task::spawn_blocking(move || stores::pg_recreate(&admin, &names))
-                .await
-                .map_err(|e| e.to_string())??;
-            out.line(format!(
-                "  databases  Postgres {} (fresh: {})",
-                redact(&stores::pg_url_with_db(
-                    cfg.pg_url.as_deref().unwrap_or(""),
-                    ""
-                )),
-                cfg.pg_names().join(", ")
-            ));
-            urls
-        }
-        None => {
-            stores::sqlite_remove(&cfg.dir)?;
-            out.line(format!(
-                "  databases  SQLite files in {}",
-                cfg.dir.display()
-            ));
-            stores::DATABASES
-                .iter()
-                .map(|d| format!("sqlite://{}", cfg.dir.join(format!("{d}.db")).display()))
-                .collect()
-        }
+    let databases = match cfg.pg_url.as_deref() {
+        Some(admin_url) => stores::Databases::Postgres {
+            admin_url,
+            names: cfg.pg_names(),
+        },
+        None => stores::Databases::Sqlite { dir: &cfg.dir },
     };
-    let stale = stores::redis_clear(&cfg.redis_url, &cfg.namespaces()).await?;
-    out.line(format!(
-        "  Redis      {} (namespaces {}{})",
-        redact(&cfg.redis_url),
-        cfg.namespaces().join(", "),
-        if stale > 0 {
-            format!("; removed {stale} stale keys")
-        } else {
-            String::new()
-        }
-    ));
+    let db_urls = stores::fresh(&out, databases, &cfg.redis_url, &cfg.namespaces()).await?;
     out.line(format!("  logs       {}", cfg.logs().display()));
 
     // Processes: the coordinator first (the services register with it), then both services.

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use diesel::{Connection, PgConnection, RunQueryDsl, sql_query};
 
+use super::redact;
+use super::report::Out;
+
 /// The processes that own a database.
 pub const DATABASES: [&str; 3] = ["coordinator", "inventory", "wallet"];
 
@@ -145,6 +148,61 @@ pub async fn redis_clear(url: &str, namespaces: &[String]) -> Result<usize, Stri
         }
     }
     Ok(deleted)
+}
+
+/// Where the three processes keep their data: Postgres through an admin URL, or SQLite files.
+pub enum Databases<'a> {
+    Postgres {
+        admin_url: &'a str,
+        names: Vec<String>,
+    },
+    Sqlite {
+        dir: &'a Path,
+    },
+}
+
+/// Fresh stores for a run: the databases recreated (or the SQLite files removed) and the Redis
+/// namespaces emptied, each reported on `out`. Returns the database URLs in [`DATABASES`] order.
+pub async fn fresh(
+    out: &Out,
+    databases: Databases<'_>,
+    redis_url: &str,
+    namespaces: &[String],
+) -> Result<Vec<String>, String> {
+    let urls = match databases {
+        Databases::Postgres { admin_url, names } => {
+            let listed = names.join(", ");
+            let admin = admin_url.to_string();
+            let urls = tokio::task::spawn_blocking(move || pg_recreate(&admin, &names))
+                .await
+                .map_err(|e| e.to_string())??;
+            out.line(format!(
+                "  databases  Postgres {} (fresh: {listed})",
+                redact(&pg_url_with_db(admin_url, ""))
+            ));
+            urls
+        }
+        Databases::Sqlite { dir } => {
+            sqlite_remove(dir)?;
+            out.line(format!("  databases  SQLite files in {}", dir.display()));
+            DATABASES
+                .iter()
+                .map(|d| format!("sqlite://{}", dir.join(format!("{d}.db")).display()))
+                .collect()
+        }
+    };
+    let stale = redis_clear(redis_url, namespaces).await?;
+    out.line(format!(
+        "  Redis      {} (namespaces {}{})",
+        redact(redis_url),
+        namespaces.join(", "),
+        if stale > 0 {
+            format!("; removed {stale} stale keys")
+        } else {
+            String::new()
+        }
+    ));
+    Ok(urls)
 }
 
 #[cfg(test)]

@@ -159,6 +159,36 @@ async fn postgres_two_coordinators_share_one_database() {
     other.kill();
 }
 
+/// Two coordinators on one Postgres database begin the same gids at the same moment: for each
+/// gid exactly one creates it (201) and the other answers with that same transaction (200),
+/// even when both writers' batches insert it at once and one insert finds the other's row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_coordinators_begin_one_gid() {
+    const GIDS: usize = 60;
+    let env = TestEnv::start(Backend::Postgres, &[]).await;
+    let other = Coordinator::start(&env.db.url, &[], &[]).await;
+    let (a, b) = (env.api().clone(), other.api.clone());
+    let begins = (0..GIDS).map(|i| {
+        let (a, b) = (a.clone(), b.clone());
+        tokio::spawn(async move {
+            let body = json!({"gid": format!("same-{i}"), "metadata": {"n": i}});
+            tokio::join!(a.begin(body.clone()), b.begin(body))
+        })
+    });
+    for (i, answers) in futures::future::join_all(begins)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let ((code_a, tx_a), (code_b, tx_b)) = answers.expect("a begin task failed");
+        let mut codes = [code_a, code_b];
+        codes.sort_unstable();
+        assert_eq!(codes, [200, 201], "same-{i}: {tx_a:#} / {tx_b:#}");
+        assert_eq!(tx_a["status"], "trying", "same-{i}: {tx_a:#}");
+        assert_eq!(tx_a["created_at"], tx_b["created_at"], "same-{i}: one row");
+    }
+}
+
 /// The database goes away and comes back: `/readyz` says so, requests fail with
 /// `503 unavailable` (no 500, no crash), and everything works again afterwards.
 /// (Postgres only: a SQLite file cannot be taken away from an open process.)

@@ -235,18 +235,15 @@ fn commit(pool: &Pool, batch: Vec<Job>) -> bool {
             true
         }
         // A query error (a conflict with another coordinator, such as a begin of the same gid,
-        // or a deadlock it broke) fails the whole batch: run each write alone, once more, so
-        // that it reads what the other coordinator wrote and one write's trouble is not the
-        // others'.
+        // or a deadlock it broke) fails the whole batch: run each write alone, so that it reads
+        // what the other coordinator wrote and one write's trouble is not the others'.
         Err(StoreError::Query(e)) => {
             log::debug!(
                 "a batch of {} writes failed ({e}); committing them one by one",
                 writes.len()
             );
             for (write, reply) in writes.iter().zip(replies) {
-                let answer = run(pool, std::slice::from_ref(write))
-                    .and_then(|mut answers| answers.pop().ok_or_else(no_answer));
-                let _ = reply.send(answer);
+                let _ = reply.send(run_alone(pool, write));
             }
             true
         }
@@ -268,6 +265,27 @@ fn run(pool: &Pool, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
             "the database writer failed on this batch".into(),
         ))
     })
+}
+
+/// Attempts of a write on its own after its batch failed on a query error.
+const ALONE_ATTEMPTS: u32 = 3;
+
+/// One write in its own local transaction. It may meet the same conflict again: another
+/// coordinator that also fell back to single writes may insert the same gid first. Its insert
+/// then waited for that transaction to end, so the next attempt reads what it committed.
+fn run_alone(pool: &Pool, write: &Write) -> Result<Written, StoreError> {
+    let mut attempt = 1;
+    loop {
+        let answer = run(pool, std::slice::from_ref(write))
+            .and_then(|mut answers| answers.pop().ok_or_else(no_answer));
+        match answer {
+            Err(StoreError::Query(e)) if attempt < ALONE_ATTEMPTS => {
+                log::debug!("a {} write failed alone ({e}); trying again", write.kind());
+                attempt += 1;
+            }
+            answer => return answer,
+        }
+    }
 }
 
 fn no_answer() -> StoreError {

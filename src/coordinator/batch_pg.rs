@@ -34,9 +34,10 @@ type Column<'a> = (&'static str, Values<'a>);
 
 /// What one CTE does with its rows.
 enum Action {
-    /// Insert the rows; one that exists already is skipped (and counted as missing).
+    /// Insert the rows; one that exists already is skipped (the statement counts those
+    /// inserted).
     Insert,
-    /// Update the rows found by these key columns (the first columns) to the other columns.
+    /// Update the rows found by these key columns to the values of the other columns.
     Update { key: &'static [&'static str] },
 }
 
@@ -184,8 +185,10 @@ impl Part<'_> {
                 out.push_sql(") ON CONFLICT DO NOTHING RETURNING 1)");
             }
             Action::Update { key } => {
-                let set: Vec<String> = names
-                    .split(", ")
+                let set: Vec<String> = self
+                    .columns
+                    .iter()
+                    .map(|(name, _)| *name)
                     .filter(|name| !key.contains(name))
                     .map(|name| format!("{name} = u.{name}"))
                     .collect();
@@ -196,10 +199,7 @@ impl Part<'_> {
                 ));
                 self.push_arrays(out)?;
                 let matches: Vec<String> = key.iter().map(|k| format!("t.{k} = u.{k}")).collect();
-                out.push_sql(&format!(
-                    ") AS u({names}) WHERE {} RETURNING 1)",
-                    matches.join(" AND ")
-                ));
+                out.push_sql(&format!(") AS u({names}) WHERE {})", matches.join(" AND ")));
             }
         }
         Ok(())

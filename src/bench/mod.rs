@@ -288,10 +288,6 @@ impl Config {
     pub fn logs(&self) -> PathBuf {
         self.dir.join("logs")
     }
-
-    pub fn sqlite_path(&self, db: &str) -> PathBuf {
-        self.dir.join(format!("{db}.db"))
-    }
 }
 
 /// Checks that a URL is http(s) on the loopback interface: the benchmark's traffic stays on
@@ -537,7 +533,7 @@ async fn run_backend(
                     .map_err(|e| e.to_string())??;
             }
             Backend::Sqlite => {
-                let path = cfg.sqlite_path("coordinator");
+                let path = stores::sqlite_file(&cfg.dir, "coordinator");
                 tokio::task::spawn_blocking(move || prefill::sqlite(&path, n))
                     .await
                     .map_err(|e| e.to_string())??;

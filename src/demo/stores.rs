@@ -3,7 +3,7 @@
 //! Redis namespaces `<prefix>_inventory|wallet`, emptied before and after (only their own keys:
 //! never a FLUSHDB).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use diesel::{Connection, PgConnection, RunQueryDsl, sql_query};
@@ -81,11 +81,18 @@ pub fn pg_drop(admin_url: &str, names: &[String]) -> Result<(), String> {
     }
 }
 
+/// The SQLite file of the process `db` (one of [`DATABASES`]) in `dir`.
+pub fn sqlite_file(dir: &Path, db: &str) -> PathBuf {
+    dir.join(format!("{db}.db"))
+}
+
 /// Removes the demo's SQLite files in `dir` (a re-run on the same directory starts afresh).
 pub fn sqlite_remove(dir: &Path) -> Result<(), String> {
     for name in DATABASES {
         for suffix in ["", "-wal", "-shm", "-journal"] {
-            let path = dir.join(format!("{name}.db{suffix}"));
+            let mut path = sqlite_file(dir, name).into_os_string();
+            path.push(suffix);
+            let path = PathBuf::from(path);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -187,7 +194,7 @@ pub async fn fresh(
             out.line(format!("  databases  SQLite files in {}", dir.display()));
             DATABASES
                 .iter()
-                .map(|d| format!("sqlite://{}", dir.join(format!("{d}.db")).display()))
+                .map(|d| format!("sqlite://{}", sqlite_file(dir, d).display()))
                 .collect()
         }
     };
